@@ -1,0 +1,4 @@
+from .acmix import ACmix
+from .shift_window_acmix import ShiftWindowACmix
+
+__all__ = ['ACmix', 'ShiftWindowACmix']

@@ -1,0 +1,116 @@
+"""ACmix layer, convolutional flavour (replaces a 3x3 convolution)."""
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from acmix_mm.ops import local_attention_reference, shift_conv_path
+from .init import init_rates, init_shift_kernel
+
+
+def position_grid(height: int, width: int, dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """(1, 2, H, W) grid: channel 0 is x in [-1, 1] along W, 1 is y along H."""
+    xs = torch.linspace(-1., 1., width, dtype=dtype, device=device)
+    ys = torch.linspace(-1., 1., height, dtype=dtype, device=device)
+    return torch.stack([xs.expand(height, width),
+                        ys[:, None].expand(height, width)])[None]
+
+
+class ACmix(BaseModule):
+    """Self-attention and convolution sharing one set of 1x1 projections.
+
+    ``out = rate1 * attention + rate2 * convolution`` where both paths reuse
+    the q, k, v projections of the input: the attention path is multi-head
+    attention over the ``kernel_att x kernel_att`` reflected neighbourhood of
+    each query with a learned positional term; the convolution path mixes the
+    ``3 * head`` projected maps with ``fc`` into ``kernel_conv ** 2`` maps and
+    aggregates them with a grouped shift convolution ``dep_conv``.
+
+    Parameter names and shapes are those of the reference implementation, so
+    its state dicts load strictly.
+
+    Args:
+        in_planes: input channels.
+        out_planes: output channels, divisible by ``head``.
+        kernel_att: attention window size (odd).
+        head: number of attention heads.
+        kernel_conv: convolution kernel size (odd).
+        stride: 1 or 2; the output has ``ceil(H / stride)`` rows.
+        init_cfg: mmengine initialisation config.
+
+    Shapes:
+        input (B, in_planes, H, W) -> output (B, out_planes, ceil(H / s),
+        ceil(W / s)) for any H, W >= 1.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_att: int = 7,
+                 head: int = 4, kernel_conv: int = 3, stride: int = 1,
+                 init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if out_planes % head != 0:
+            raise ValueError(f'out_planes ({out_planes}) must be divisible '
+                             f'by head ({head})')
+        for name, size in (('kernel_att', kernel_att),
+                           ('kernel_conv', kernel_conv)):
+            if size < 1 or size % 2 == 0:
+                raise ValueError(f'{name} must be a positive odd number, '
+                                 f'got {size}')
+        if stride < 1:
+            raise ValueError(f'stride must be >= 1, got {stride}')
+        self.in_planes = in_planes
+        self.out_planes = out_planes
+        self.kernel_att = kernel_att
+        self.head = head
+        self.kernel_conv = kernel_conv
+        self.stride = stride
+        self.head_dim = out_planes // head
+
+        self.rate1 = nn.Parameter(torch.empty(1))
+        self.rate2 = nn.Parameter(torch.empty(1))
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 1)
+        self.conv2 = nn.Conv2d(in_planes, out_planes, 1)
+        self.conv3 = nn.Conv2d(in_planes, out_planes, 1)
+        self.conv_p = nn.Conv2d(2, self.head_dim, 1)
+        self.fc = nn.Conv2d(3 * head, kernel_conv * kernel_conv, 1,
+                            bias=False)
+        self.dep_conv = nn.Conv2d(
+            kernel_conv * kernel_conv * self.head_dim, out_planes,
+            kernel_conv, stride=stride, padding=kernel_conv // 2,
+            groups=self.head_dim, bias=False)
+        self.reset_acmix_parameters()
+
+    def reset_acmix_parameters(self) -> None:
+        """Rates to 0.5 and ``dep_conv`` to shift kernels."""
+        init_rates(self.rate1, self.rate2)
+        init_shift_kernel(self.dep_conv)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        self.reset_acmix_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, _, height, width = x.shape
+        weight = torch.cat([self.conv1.weight, self.conv2.weight,
+                            self.conv3.weight])
+        bias = torch.cat([self.conv1.bias, self.conv2.bias, self.conv3.bias])
+        qkv = F.conv2d(x, weight, bias).view(
+            batch, 3 * self.head, self.head_dim, height, width)
+        q, k, v = qkv.split(self.head, dim=1)
+
+        grid = position_grid(height, width, qkv.dtype, qkv.device)
+        pe = self.conv_p(grid).to(qkv.dtype)
+        out_att = local_attention_reference(
+            q, k - pe.unsqueeze(1), v, self.kernel_att, self.stride,
+            scale=self.head_dim**-0.5)
+        out_att = out_att.flatten(1, 2)
+
+        out_conv = shift_conv_path(qkv, self.fc.weight, None,
+                                   self.dep_conv.weight, self.stride)
+        return (self.rate1.to(out_att.dtype) * out_att +
+                self.rate2.to(out_conv.dtype) * out_conv)
+
+    def extra_repr(self) -> str:
+        return (f'in_planes={self.in_planes}, out_planes={self.out_planes}, '
+                f'kernel_att={self.kernel_att}, head={self.head}, '
+                f'kernel_conv={self.kernel_conv}, stride={self.stride}')

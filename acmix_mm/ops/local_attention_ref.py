@@ -1,0 +1,75 @@
+"""Plain PyTorch reference of ACmix's local (sliding-window) attention."""
+import math
+
+import torch
+from torch import Tensor
+
+from .softmax import softmax_fp32
+
+
+def reflect_index(size: int, pad: int, device=None) -> Tensor:
+    """Source index of each position of a reflection-padded axis.
+
+    Positions ``-pad .. size + pad - 1`` are mapped back into ``0 .. size - 1``
+    by repeated mirroring at the edges (edge pixel not repeated), so any pad
+    works for any size; a size-1 axis maps every position to 0. Where
+    ``pad < size`` this equals ``torch.nn.ReflectionPad``.
+
+    Returns:
+        Tensor: int64 indices of shape (size + 2 * pad,).
+    """
+    positions = torch.arange(-pad, size + pad, device=device)
+    if size == 1:
+        return torch.zeros_like(positions)
+    period = 2 * (size - 1)
+    folded = positions.remainder(period)
+    return torch.where(folded < size, folded, period - folded)
+
+
+def local_attention_reference(q: Tensor, k: Tensor, v: Tensor,
+                              kernel_size: int, stride: int = 1,
+                              scale: float = 1.0) -> Tensor:
+    """Multi-head attention of each query over its reflected neighbourhood.
+
+    Query positions are ``(stride * i, stride * j)``; each attends to the
+    ``kernel_size ** 2`` keys of the window centred on it, positions outside
+    the map taken by reflection (:func:`reflect_index`). Softmax runs in at
+    least float32.
+
+    Args:
+        q: (B, heads, D, H, W) queries at full resolution, unscaled.
+        k: (B, heads, D, H, W) keys (with any positional term folded in).
+        v: (B, heads, D, H, W) values.
+        kernel_size: odd window size.
+        stride: query stride.
+        scale: factor applied to the queries.
+
+    Returns:
+        Tensor: (B, heads, D, ceil(H / stride), ceil(W / stride)), dtype of v.
+    """
+    height, width = k.shape[-2:]
+    pad = kernel_size // 2
+    rows = reflect_index(height, pad, k.device)
+    cols = reflect_index(width, pad, k.device)
+    k_padded = k.index_select(-2, rows).index_select(-1, cols)
+    v_padded = v.index_select(-2, rows).index_select(-1, cols)
+
+    queries = q[..., ::stride, ::stride] * scale
+    out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
+    span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+
+    def window_view(padded: Tensor, dy: int, dx: int) -> Tensor:
+        return padded[..., dy:dy + span_h:stride, dx:dx + span_w:stride]
+
+    offsets = [(dy, dx) for dy in range(kernel_size)
+               for dx in range(kernel_size)]
+    logits = torch.stack(
+        [(queries * window_view(k_padded, dy, dx)).sum(2)
+         for dy, dx in offsets], dim=2)
+    weights = softmax_fp32(logits, dim=2).to(v.dtype)
+
+    out = torch.zeros_like(queries, dtype=v.dtype)
+    for index, (dy, dx) in enumerate(offsets):
+        out = out.addcmul(weights[:, :, index:index + 1],
+                          window_view(v_padded, dy, dx))
+    return out

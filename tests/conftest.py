@@ -1,0 +1,14 @@
+import os
+import sys
+
+import pytest
+import torch
+
+# Test helpers live next to the tests; mmsegmentation installs a top-level
+# ``tests`` package, so they are imported by module name, not as ``tests.x``.
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
