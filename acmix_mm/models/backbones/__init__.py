@@ -1,0 +1,4 @@
+from .acmix_resnet import ACmixResNet
+from .acmix_swin import ACmixSwinTransformer
+
+__all__ = ['ACmixResNet', 'ACmixSwinTransformer']
