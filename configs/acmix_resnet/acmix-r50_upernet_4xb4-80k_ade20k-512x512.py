@@ -1,0 +1,26 @@
+# UperNet, ACmix-ResNet-50 backbone, ADE20K 512x512, 80k iterations.
+# No ImageNet weights exist for ResNet-ACmix, so the backbone starts from
+# scratch (the base config's ResNet-50-V1c weights do not apply).
+_base_ = 'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
+
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='acmix_mm.ACmixResNet',
+        depth=50,
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=norm_cfg,
+        norm_eval=False,
+        init_cfg=None))
+
+# No weight decay on norms, the ACmix rates and positional encodings.
+optim_wrapper = dict(
+    paramwise_cfg=dict(
+        norm_decay_mult=0.,
+        custom_keys={
+            'rate1': dict(decay_mult=0.),
+            'rate2': dict(decay_mult=0.),
+            'conv_p': dict(decay_mult=0.),
+        }))
