@@ -4,6 +4,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from torch import nn
@@ -135,3 +136,46 @@ def test_config_excludes_rates_norms_and_positions_from_weight_decay(path):
     assert exempt and all(d == 0 for _, d in exempt), \
         [n for n, d in exempt if d != 0]
     assert all(d > 0 for _, d in decayed), [n for n, d in decayed if d == 0]
+
+
+SWIN_CONFIGS = [p for p in CONFIGS if 'acmix_swin' in p]
+
+
+@pytest.fixture(scope='module')
+def swin_checkpoints(tmp_path_factory):
+    """A reference-layout ACmix-Swin-T checkpoint and its converted copy."""
+    from acmix_reference import RefSwinACmix, randomize_
+    folder = tmp_path_factory.mktemp('swin')
+    reference = folder / 'reference.pth'
+    converted = folder / 'converted.pth'
+    torch.save({'model': randomize_(RefSwinACmix()).state_dict()}, reference)
+    subprocess.run([
+        sys.executable,
+        str(REPO / 'tools/model_converters/acmix_swin_to_mm.py'),
+        str(reference), str(converted)
+    ], check=True, capture_output=True)
+    return reference, converted
+
+
+@pytest.mark.parametrize('path', SWIN_CONFIGS)
+@pytest.mark.parametrize('which', ['reference', 'converted'])
+def test_swin_configs_load_released_and_converted_weights(
+        path, which, swin_checkpoints):
+    reference, converted = swin_checkpoints
+    cfg = small_config(path)
+    backbone = cfg.model.backbone
+    assert backbone.convert_weights  # the configs expect released weights
+    if which == 'converted':
+        backbone.convert_weights = False
+        backbone.init_cfg.checkpoint = str(converted)
+    else:
+        backbone.init_cfg.checkpoint = str(reference)
+    model = build_model(cfg)
+    model.init_weights()
+    expected = torch.load(converted)['state_dict']
+    state = model.backbone.state_dict()
+    # Only the output norms of stages 0-2 have no pretrained counterpart.
+    assert set(state) - set(expected) == {
+        f'norm{i}.{p}' for i in range(3) for p in ('weight', 'bias')}
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key

@@ -70,6 +70,6 @@ def local_attention_reference(q: Tensor, k: Tensor, v: Tensor,
 
     out = torch.zeros_like(queries, dtype=v.dtype)
     for index, (dy, dx) in enumerate(offsets):
-        out = out.addcmul(weights[:, :, index:index + 1],
-                          window_view(v_padded, dy, dx))
+        out.addcmul_(weights[:, :, index:index + 1],
+                     window_view(v_padded, dy, dx))
     return out

@@ -326,8 +326,8 @@ class ACmixSwinTransformer(BaseModule):
     def init_weights(self) -> None:
         """Load ``init_cfg``'s pretrained checkpoint, or initialise like the
         reference code (truncated normal linears, shift-kernel ACmix)."""
-        if self.init_cfg is not None and self.init_cfg.get(
-                'type') == 'Pretrained':
+        if isinstance(self.init_cfg, dict) and \
+                self.init_cfg.get('type') == 'Pretrained':
             load_backbone_checkpoint(
                 self, self.init_cfg['checkpoint'],
                 converter=acmix_swin_converter
