@@ -5,7 +5,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from acmix_mm.ops import local_attention_reference, shift_conv_path
-from .init import init_rates, init_shift_kernel
+from .init import reset_acmix_parameters
 
 
 def position_grid(height: int, width: int, dtype: torch.dtype,
@@ -78,16 +78,11 @@ class ACmix(BaseModule):
             kernel_conv * kernel_conv * self.head_dim, out_planes,
             kernel_conv, stride=stride, padding=kernel_conv // 2,
             groups=self.head_dim, bias=False)
-        self.reset_acmix_parameters()
-
-    def reset_acmix_parameters(self) -> None:
-        """Rates to 0.5 and ``dep_conv`` to shift kernels."""
-        init_rates(self.rate1, self.rate2)
-        init_shift_kernel(self.dep_conv)
+        reset_acmix_parameters(self)
 
     def init_weights(self) -> None:
         super().init_weights()
-        self.reset_acmix_parameters()
+        reset_acmix_parameters(self)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, _, height, width = x.shape

@@ -9,7 +9,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
 from acmix_mm.ops import shift_conv_path, softmax_fp32
-from .init import init_rates, init_shift_kernel
+from .init import reset_acmix_parameters
 
 # Logit offset between tokens of different regions of a shifted window.
 SHIFT_MASK_VALUE = -100.
@@ -127,17 +127,12 @@ class ShiftWindowACmix(BaseModule):
         self.proj_drop = nn.Dropout(proj_drop_rate)
         self.drop = build_dropout(dropout_layer) if dropout_layer else \
             nn.Identity()
-        self.reset_acmix_parameters()
-
-    def reset_acmix_parameters(self) -> None:
-        """Rates to 0.5 and ``dep_conv`` to shift kernels."""
-        init_rates(self.rate1, self.rate2)
-        init_shift_kernel(self.dep_conv)
+        reset_acmix_parameters(self)
 
     def init_weights(self) -> None:
         super().init_weights()
         trunc_normal_(self.relative_position_bias_table, std=.02)
-        self.reset_acmix_parameters()
+        reset_acmix_parameters(self)
 
     def forward(self, query: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
         batch, length, channels = query.shape
