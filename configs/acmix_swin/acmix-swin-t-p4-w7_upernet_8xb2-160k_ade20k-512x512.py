@@ -1,6 +1,9 @@
 # UperNet, ACmix-Swin-T backbone, ADE20K 512x512, 160k iterations.
+# Compare with: mmseg UperNet Swin-T 160k
+#   (swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py):
+#   44.41 mIoU (single scale).
 # Only the backbone type, its ImageNet weights and the weight-decay exceptions
-# differ from mmseg's Swin-T UperNet config.
+# differ from that config.
 _base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'  # noqa
 
 # Released ImageNet-1k ACmix-Swin-T weights in the reference layout

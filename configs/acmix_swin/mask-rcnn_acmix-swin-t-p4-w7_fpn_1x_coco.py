@@ -1,6 +1,8 @@
-# Mask R-CNN, ACmix-Swin-T backbone, COCO, 1x schedule.
+# Mask R-CNN, ACmix-Swin-T backbone, COCO 2017, 1x schedule.
+# Compare with: mmdet Mask R-CNN Swin-T 1x
+#   (swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py): 42.7 box AP, 39.3 mask AP.
 # Only the backbone type, its ImageNet weights and the weight-decay exceptions
-# differ from mmdet's Swin-T Mask R-CNN config.
+# differ from that config.
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 
 # Released ImageNet-1k ACmix-Swin-T weights in the reference layout

@@ -1,0 +1,22 @@
+# Mask R-CNN, ACmix-Swin-T backbone, COCO 2017, multi-scale + crop, 3x.
+# Compare with: mmdet Mask R-CNN Swin-T ms-crop-3x
+#   (swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py): 46.0 box AP,
+#   41.6 mask AP.
+# Only the backbone type, its ImageNet weights and the weight-decay exceptions
+# differ from that config.
+_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
+
+# Released ImageNet-1k ACmix-Swin-T weights in the reference layout
+# (download link in README.md); convert_weights=True converts them on load.
+pretrained = 'checkpoints/acmix_swin_tiny_patch4_window7_224.pth'
+model = dict(
+    backbone=dict(
+        type='acmix_mm.ACmixSwinTransformer',
+        convert_weights=True,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
+
+optim_wrapper = dict(
+    paramwise_cfg=dict(custom_keys={
+        'rate1': dict(decay_mult=0.),
+        'rate2': dict(decay_mult=0.),
+    }))
