@@ -1,0 +1,82 @@
+"""Train a detector or segmentor from an mmdet / mmseg config.
+
+The config's ``default_scope`` decides the task. Examples:
+
+    python tools/train.py configs/acmix_swin/mask-rcnn_acmix-swin-t-p4-w7_fpn_1x_coco.py
+    python tools/train.py CONFIG --resume                 # latest checkpoint
+    python tools/train.py CONFIG --resume work_dirs/x/iter_400.pth
+    bash tools/dist_train.sh CONFIG 8                    # torchrun, 8 GPUs
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from acmix_mm.engine import (check_data_roots, check_feature_channels,
+                             prepare_launch)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--work-dir',
+                        help='where logs and checkpoints go (default: '
+                        'work_dirs/<config name>)')
+    parser.add_argument(
+        '--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+        help='resume from CHECKPOINT, or without a value from the latest '
+        'checkpoint in the work dir (iteration, optimizer, schedulers)')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (CUDA)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. '
+                        'train_cfg.max_iters=100')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if not osp.isfile(args.config):
+        raise SystemExit(f'error: config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit('error: --amp needs a CUDA device')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        if not osp.isfile(args.resume):
+            raise SystemExit(f'error: checkpoint to resume from not found: '
+                             f'{args.resume}')
+        cfg.resume, cfg.load_from = True, args.resume
+    if cfg.get('load_from') and not cfg.get('resume') and \
+            '://' not in cfg.load_from and not osp.isfile(cfg.load_from):
+        raise SystemExit(f'error: load_from checkpoint not found: '
+                         f'{cfg.load_from}')
+
+    check_data_roots(cfg, ['train_dataloader', 'val_dataloader'])
+    prepare_launch(cfg, args.launcher)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else \
+        RUNNERS.build(cfg)
+    check_feature_channels(runner.model)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
