@@ -24,7 +24,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from acmix_mm.engine import (check_data_roots, check_feature_channels,
-                             prepare_launch)
+                             prepare_launch, trust_local_checkpoints)
 
 
 def parse_args() -> argparse.Namespace:
@@ -93,6 +93,7 @@ def enable_output(cfg: Config, out: str) -> None:
 
 def main() -> None:
     args = parse_args()
+    trust_local_checkpoints()
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config file not found: {args.config}')
     if args.checkpoint and not osp.isfile(args.checkpoint):

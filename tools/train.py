@@ -16,7 +16,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from acmix_mm.engine import (check_data_roots, check_feature_channels,
-                             prepare_launch)
+                             prepare_launch, trust_local_checkpoints)
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    trust_local_checkpoints()
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config file not found: {args.config}')
     cfg = Config.fromfile(args.config)
