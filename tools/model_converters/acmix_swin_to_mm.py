@@ -43,8 +43,14 @@ def main() -> None:
                                 weights_only=not args.trust_pickle)
     except pickle.UnpicklingError as error:
         raise SystemExit(
-            f'error: {args.src} holds objects other than tensors ({error}). '
-            f'If you trust its source, rerun with --trust-pickle.')
+            f'error: {args.src} holds objects other than tensors '
+            f'({str(error).splitlines()[0]}). If you trust its source, rerun '
+            f'with --trust-pickle.')
+    except ModuleNotFoundError as error:
+        raise SystemExit(
+            f'error: unpickling {args.src} needs the module {error.name!r} '
+            f'(e.g. the training config stored with the weights); install it '
+            f'(pip install {error.name}) and rerun')
     state_dict = acmix_swin_converter(select_state_dict(checkpoint))
     if not any(k.startswith('stages.') for k in state_dict):
         raise SystemExit(f'error: {args.src} has no "layers.*" weights; it '

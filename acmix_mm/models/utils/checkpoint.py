@@ -1,4 +1,5 @@
 """Loading pretrained backbone weights with clear errors."""
+import pickle
 from collections import OrderedDict
 from typing import Callable, Dict, Optional
 
@@ -50,12 +51,20 @@ def load_backbone_checkpoint(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: no weight of the checkpoint fits the model, or some have
-            the wrong shape.
+        ValueError: the file needs trusted unpickling, no weight of the
+            checkpoint fits the model, or some have the wrong shape.
     """
     logger = MMLogger.get_current_instance()
-    checkpoint = CheckpointLoader.load_checkpoint(
-        filename, map_location='cpu', logger=logger)
+    try:
+        checkpoint = CheckpointLoader.load_checkpoint(
+            filename, map_location='cpu', logger=logger)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f'{filename} stores objects besides weights, which torch only '
+            f'unpickles for trusted files. Load it through tools/train.py or '
+            f'tools/test.py (they trust local files), or convert it once with '
+            f'tools/model_converters/acmix_swin_to_mm.py --trust-pickle. '
+            f'torch said: {str(error).splitlines()[0]}') from error
     state_dict = select_state_dict(checkpoint)
     if converter is not None:
         state_dict = converter(state_dict)
