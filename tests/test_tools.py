@@ -101,6 +101,17 @@ def test_untrained_baseline_and_pictures(workspace, trained_segmentor):
     assert cv2.imread(str(pictures[0])).shape[:2] == (384, 384)
 
 
+def test_test_time_augmentation(workspace, trained_segmentor,
+                                trained_detector):
+    result = tool(workspace, 'test.py', SEG, str(trained_segmentor), '--tta')
+    assert 'mIoU' in metrics_of(result)
+    result = tool(workspace, 'test.py', DET, str(trained_detector), '--tta',
+                  check=False)
+    assert result.returncode != 0
+    assert 'no test-time augmentation for instance segmentation' in \
+        result.stderr
+
+
 def test_two_process_distributed_training(workspace):
     result = tool(workspace, 'dist_train.sh', SEG, '2', '--work-dir',
                   'work_dirs/dist_seg', *SHORT)

@@ -70,8 +70,8 @@ def enable_pictures(cfg: Config, show_dir: str) -> None:
 
 
 def enable_tta(cfg: Config) -> None:
-    bbox_head_masks = cfg.model.get('roi_head', {}).get('mask_head')
-    if cfg.default_scope == 'mmdet' and bbox_head_masks is not None:
+    mask_head = cfg.model.get('roi_head', {}).get('mask_head')
+    if cfg.default_scope == 'mmdet' and mask_head is not None:
         raise SystemExit('error: mmdet has no test-time augmentation for '
                          'instance segmentation (mask) models')
     missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
