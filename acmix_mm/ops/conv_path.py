@@ -1,4 +1,14 @@
-"""Plain PyTorch reference of ACmix's convolution path."""
+"""ACmix's convolution path: the reference and the folded form.
+
+The path maps the ``3 * heads`` projected maps (q, k, v, each split into
+heads of ``head_dim`` channels) through ``fc`` (a 1x1 mixing of the
+``3 * heads`` maps into ``k ** 2`` maps, per channel and pixel) and the
+grouped shift convolution ``dep_conv``. Both are linear, so they fold into one
+grouped ``k x k`` convolution on the projected maps ordered channel-major
+``(head_dim, 3 * heads)``, plus, if ``fc`` has a bias, a bias map that is
+constant except at the border (``dep_conv`` zero-pads its input, bias
+included).
+"""
 from typing import Optional
 
 import torch
@@ -9,12 +19,7 @@ from torch import Tensor
 def shift_conv_path(qkv_maps: Tensor, fc_weight: Tensor,
                     fc_bias: Optional[Tensor], dep_conv_weight: Tensor,
                     stride: int = 1) -> Tensor:
-    """ACmix convolution path: a light fc, then a grouped shift convolution.
-
-    ``fc`` mixes the ``3 * heads`` projected maps into ``k ** 2`` maps,
-    independently for every channel ``d`` of a head and every pixel; the
-    result is laid out as channels ``d * k ** 2 + j`` and convolved by
-    ``dep_conv`` (``k x k``, zero padding ``k // 2``, ``head_dim`` groups).
+    """Reference convolution path, computed as written.
 
     Args:
         qkv_maps: (B, 3 * heads, head_dim, H, W) maps in the order
@@ -36,3 +41,52 @@ def shift_conv_path(qkv_maps: Tensor, fc_weight: Tensor,
     return F.conv2d(mixed.reshape(batch, head_dim * taps, height, width),
                     dep_conv_weight, stride=stride, padding=kernel // 2,
                     groups=head_dim)
+
+
+def fold_conv_path_weight(fc_weight: Tensor,
+                          dep_conv_weight: Tensor) -> Tensor:
+    """``fc`` followed by ``dep_conv`` as one weight.
+
+    Returns:
+        Tensor: (out_channels, 3 * heads, k, k), ``W[o, i] = sum_j
+        dep_conv[o, j] * fc[j, i]``, for a convolution with ``head_dim``
+        groups over maps ordered ``(head_dim, 3 * heads)``.
+    """
+    return torch.einsum('ojuv,ji->oiuv', dep_conv_weight,
+                        fc_weight.flatten(1))
+
+
+def fold_conv_path_bias(fc_bias: Tensor, dep_conv_weight: Tensor,
+                        height: int, width: int, stride: int = 1) -> Tensor:
+    """What ``fc``'s bias adds to the output: the taps of ``dep_conv`` that
+    fall inside the image, summed.
+
+    Returns:
+        Tensor: (1, out_channels, ceil(H / stride), ceil(W / stride)).
+    """
+    kernel = torch.einsum('ojuv,j->ouv', dep_conv_weight, fc_bias)[:, None]
+    ones = kernel.new_ones(1, 1, height, width)
+    return F.conv2d(ones, kernel, stride=stride,
+                    padding=kernel.shape[-1] // 2)
+
+
+def folded_conv_path(maps: Tensor, folded_weight: Tensor,
+                     folded_bias: Optional[Tensor] = None,
+                     stride: int = 1) -> Tensor:
+    """Convolution path as one grouped convolution.
+
+    Args:
+        maps: (B, head_dim * 3 * heads, H, W) projected maps ordered
+            channel-major, channel ``d * 3 * heads + i`` being channel ``d``
+            of map ``i``; any memory format (e.g. a channels-last view).
+        folded_weight: from :func:`fold_conv_path_weight`.
+        folded_bias: from :func:`fold_conv_path_bias`, or None.
+        stride: convolution stride.
+
+    Returns:
+        Tensor: (B, out_channels, ceil(H / stride), ceil(W / stride)).
+    """
+    groups = maps.shape[1] // folded_weight.shape[1]
+    out = F.conv2d(maps, folded_weight, stride=stride,
+                   padding=folded_weight.shape[-1] // 2, groups=groups)
+    return out if folded_bias is None else out + folded_bias
