@@ -7,6 +7,7 @@ from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.models.layers import ResLayer
 from torch import Tensor
 
+from acmix_mm.ops.dispatch import check_attn_impl
 from acmix_mm.registry import MODELS
 from ..layers import ACmix
 from ..utils import load_backbone_checkpoint
@@ -22,11 +23,13 @@ class ACmixBottleneck(Bottleneck):
         kernel_att: ACmix attention window.
         head: ACmix heads.
         kernel_conv: ACmix convolution kernel.
+        attn_impl: ACmix implementation, see :class:`ACmix`.
         **kwargs: the other arguments of mmdet's ``Bottleneck``.
     """
 
     def __init__(self, inplanes: int, planes: int, kernel_att: int = 7,
-                 head: int = 4, kernel_conv: int = 3, **kwargs) -> None:
+                 head: int = 4, kernel_conv: int = 3,
+                 attn_impl: str = 'auto', **kwargs) -> None:
         super().__init__(inplanes, planes, **kwargs)
         if self.with_dcn:
             raise ValueError('ACmixResNet does not support dcn: ACmix '
@@ -35,7 +38,7 @@ class ACmixBottleneck(Bottleneck):
             raise ValueError(f'ACmix layers do not support dilation, got '
                              f'{self.dilation}')
         self.conv2 = ACmix(planes, planes, kernel_att, head, kernel_conv,
-                           stride=self.conv2_stride)
+                           stride=self.conv2_stride, attn_impl=attn_impl)
 
     def forward(self, x: Tensor) -> Tensor:
 
@@ -74,6 +77,8 @@ class ACmixResNet(ResNet):
         kernel_att: ACmix attention window.
         head: ACmix heads.
         kernel_conv: ACmix convolution kernel.
+        attn_impl: 'auto' (fused CUDA kernels on GPU, reference on CPU),
+            'fused' or 'reference'; see :class:`ACmix`.
         in_channels: input image channels.
         **kwargs: the other arguments of mmdet's ``ResNet``.
 
@@ -90,7 +95,8 @@ class ACmixResNet(ResNet):
     }
 
     def __init__(self, depth: int, kernel_att: int = 7, head: int = 4,
-                 kernel_conv: int = 3, in_channels: int = 3,
+                 kernel_conv: int = 3, attn_impl: str = 'auto',
+                 in_channels: int = 3,
                  dilations: Sequence[int] = (1, 1, 1, 1), **kwargs) -> None:
         if depth not in self.arch_settings:
             raise ValueError(f'unknown depth {depth!r} for ACmixResNet; '
@@ -99,7 +105,8 @@ class ACmixResNet(ResNet):
             raise ValueError(f'ACmix layers do not support dilation, got '
                              f'dilations={tuple(dilations)}')
         self.acmix_cfg = dict(kernel_att=kernel_att, head=head,
-                              kernel_conv=kernel_conv)
+                              kernel_conv=kernel_conv,
+                              attn_impl=check_attn_impl(attn_impl))
         self.in_channels = in_channels
         super().__init__(depth, in_channels=in_channels, dilations=dilations,
                          **kwargs)

@@ -14,6 +14,7 @@ from mmengine.utils import to_2tuple
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from acmix_mm.ops.dispatch import check_attn_impl
 from acmix_mm.registry import MODELS
 from ..layers import ShiftWindowACmix
 from ..utils import acmix_swin_converter, load_backbone_checkpoint
@@ -41,6 +42,7 @@ class ACmixSwinBlock(BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  norm_cfg: dict = dict(type='LN'),
                  with_cp: bool = False,
+                 attn_impl: str = 'auto',
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
@@ -54,7 +56,8 @@ class ACmixSwinBlock(BaseModule):
             qk_scale=qk_scale,
             attn_drop_rate=attn_drop_rate,
             proj_drop_rate=drop_rate,
-            dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate))
+            dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
+            attn_impl=attn_impl)
         self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.ffn = FFN(
             embed_dims=embed_dims,
@@ -99,6 +102,7 @@ class ACmixSwinStage(BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  norm_cfg: dict = dict(type='LN'),
                  with_cp: bool = False,
+                 attn_impl: str = 'auto',
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         drop_path_rates = list(drop_path_rates) or [0.] * depth
@@ -116,7 +120,8 @@ class ACmixSwinStage(BaseModule):
                 drop_path_rate=drop_path_rates[i],
                 act_cfg=act_cfg,
                 norm_cfg=norm_cfg,
-                with_cp=with_cp) for i in range(depth)
+                with_cp=with_cp,
+                attn_impl=attn_impl) for i in range(depth)
         ])
         self.downsample = downsample
 
@@ -164,6 +169,8 @@ class ACmixSwinTransformer(BaseModule):
         convert_weights: the ``Pretrained`` checkpoint has the reference
             code's layout (e.g. the released ImageNet weights).
         frozen_stages: freeze the patch embedding (0) and stages 1..n.
+        attn_impl: 'auto' (fused path on GPU, reference on CPU), 'fused' or
+            'reference'; see :class:`ShiftWindowACmix`.
         init_cfg: mmengine initialisation config, e.g.
             ``dict(type='Pretrained', checkpoint=...)``.
 
@@ -207,6 +214,7 @@ class ACmixSwinTransformer(BaseModule):
                  pretrained: Optional[str] = None,
                  convert_weights: bool = False,
                  frozen_stages: int = -1,
+                 attn_impl: str = 'auto',
                  init_cfg=None) -> None:
         if pretrained is not None:
             if init_cfg is not None:
@@ -290,7 +298,8 @@ class ACmixSwinTransformer(BaseModule):
                     downsample=downsample,
                     act_cfg=act_cfg,
                     norm_cfg=norm_cfg,
-                    with_cp=with_cp))
+                    with_cp=with_cp,
+                    attn_impl=check_attn_impl(attn_impl)))
             self.num_features.append(channels)
             if downsample is not None:
                 channels = downsample.out_channels

@@ -4,7 +4,10 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from acmix_mm.ops import local_attention_reference, shift_conv_path
+from acmix_mm.ops.conv_path import (fold_conv_path_weight, folded_conv_path,
+                                    shift_conv_path)
+from acmix_mm.ops.dispatch import (check_attn_impl, local_attention,
+                                   resolve_attn_impl)
 from .init import reset_acmix_parameters
 
 
@@ -37,6 +40,10 @@ class ACmix(BaseModule):
         head: number of attention heads.
         kernel_conv: convolution kernel size (odd).
         stride: 1 or 2; the output has ``ceil(H / stride)`` rows.
+        attn_impl: 'fused' (Triton kernels for the attention, the
+            convolution path folded into one grouped convolution), 'reference'
+            (plain PyTorch, as specified) or 'auto' (fused on CUDA, reference
+            on the CPU). Same parameters and results either way.
         init_cfg: mmengine initialisation config.
 
     Shapes:
@@ -46,7 +53,7 @@ class ACmix(BaseModule):
 
     def __init__(self, in_planes: int, out_planes: int, kernel_att: int = 7,
                  head: int = 4, kernel_conv: int = 3, stride: int = 1,
-                 init_cfg=None) -> None:
+                 attn_impl: str = 'auto', init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if out_planes % head != 0:
             raise ValueError(f'out_planes ({out_planes}) must be divisible '
@@ -65,6 +72,7 @@ class ACmix(BaseModule):
         self.kernel_conv = kernel_conv
         self.stride = stride
         self.head_dim = out_planes // head
+        self.attn_impl = check_attn_impl(attn_impl)
 
         self.rate1 = nn.Parameter(torch.empty(1))
         self.rate2 = nn.Parameter(torch.empty(1))
@@ -84,28 +92,45 @@ class ACmix(BaseModule):
         super().init_weights()
         reset_acmix_parameters(self)
 
-    def forward(self, x: Tensor) -> Tensor:
-        batch, _, height, width = x.shape
+    def _project(self, x: Tensor) -> Tensor:
+        """One 1x1 convolution for q, k and v, output channels ordered
+        channel-major: (B, head_dim, 3, head, H, W)."""
         weight = torch.cat([self.conv1.weight, self.conv2.weight,
                             self.conv3.weight])
         bias = torch.cat([self.conv1.bias, self.conv2.bias, self.conv3.bias])
-        qkv = F.conv2d(x, weight, bias).view(
-            batch, 3 * self.head, self.head_dim, height, width)
-        q, k, v = qkv.split(self.head, dim=1)
+        order = (self.head_dim, 3 * self.head)
+        weight = weight.view(order[::-1] + weight.shape[1:]).transpose(0, 1)
+        bias = bias.view(order[::-1]).transpose(0, 1)
+        qkv = F.conv2d(x, weight.flatten(0, 1), bias.flatten())
+        return qkv.view(x.shape[0], self.head_dim, 3, self.head,
+                        *x.shape[-2:])
 
+    def forward(self, x: Tensor) -> Tensor:
+        qkv = self._project(x)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        height, width = x.shape[-2:]
         grid = position_grid(height, width, qkv.dtype, qkv.device)
-        pe = self.conv_p(grid).to(qkv.dtype)
-        out_att = local_attention_reference(
-            q, k - pe.unsqueeze(1), v, self.kernel_att, self.stride,
-            scale=self.head_dim**-0.5)
-        out_att = out_att.flatten(1, 2)
-
-        out_conv = shift_conv_path(qkv, self.fc.weight, None,
-                                   self.dep_conv.weight, self.stride)
+        keys = k - self.conv_p(grid).to(qkv.dtype).unsqueeze(1)
+        impl = resolve_attn_impl(self.attn_impl, q, keys, v, self.kernel_att,
+                                 self.stride)
+        out_att = local_attention(q, keys, v, self.kernel_att, self.stride,
+                                  self.head_dim**-0.5, impl).flatten(1, 2)
+        if impl == 'fused':
+            weight = fold_conv_path_weight(self.fc.weight,
+                                           self.dep_conv.weight)
+            out_conv = folded_conv_path(
+                qkv.flatten(1, 3), self.rate2.to(weight.dtype) * weight,
+                stride=self.stride)
+            return torch.addcmul(out_conv, self.rate1.to(out_att.dtype),
+                                 out_att)
+        out_conv = shift_conv_path(
+            qkv.flatten(2, 3).transpose(1, 2), self.fc.weight, None,
+            self.dep_conv.weight, self.stride)
         return (self.rate1.to(out_att.dtype) * out_att +
                 self.rate2.to(out_conv.dtype) * out_conv)
 
     def extra_repr(self) -> str:
         return (f'in_planes={self.in_planes}, out_planes={self.out_planes}, '
                 f'kernel_att={self.kernel_att}, head={self.head}, '
-                f'kernel_conv={self.kernel_conv}, stride={self.stride}')
+                f'kernel_conv={self.kernel_conv}, stride={self.stride}, '
+                f'attn_impl={self.attn_impl!r}')
