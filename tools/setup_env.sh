@@ -43,7 +43,7 @@ fi
 
 stamp="$venv/.acmix_mm-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] \
-    || ! has "import acmix_mm, mmdet, mmseg, pytest"; then
+    || ! has "import acmix_mm, mmdet, mmseg, pytest, triton"; then
   echo "[setup] installing acmix_mm (editable) with test extras"
   "${pip[@]}" install -q --no-build-isolation -e "$root[test]"
   touch "$stamp"
