@@ -1,0 +1,714 @@
+"""Triton kernels of ACmix's local (sliding-window) attention.
+
+The op is defined by :func:`~acmix_mm.ops.local_attention_ref.
+local_attention_reference`. Instead of gathering the ``kernel_size ** 2``
+reflected neighbours of every query, a program takes a tile of queries and
+the *actual* key pixels around it (the tile dilated by
+``pad = kernel_size // 2``, flattened row-major) and runs tensor-core
+matmuls over chunks of that region with an online softmax. Reflection is
+exact: a key reached by ``m`` window offsets gets weight ``m * exp(logit)``,
+with ``m`` counted in the kernel (``m = 0`` masks every other key).
+
+Tensors are (B, heads, D, H, W) with arbitrary strides; tiles are loaded
+channel-major, [BLOCK_D, pixels], so neighbouring threads read neighbouring
+pixels. Sizes and size-dependent strides are not specialised, so new image
+sizes reuse the compiled kernels. The backward is deterministic: one kernel
+writes dQ (and delta = rowsum(dO * O)) per query tile, another dK and dV
+per key tile from the queries that reach it; no atomics.
+"""
+import contextlib
+import math
+import os
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+SUPPORTED_KERNEL_SIZES = (3, 5, 7)
+SUPPORTED_STRIDES = (1, 2)
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MIN_HEAD_DIM, MAX_HEAD_DIM, HEAD_DIM_MULTIPLE = 8, 128, 8
+
+_TRUE_WORDS = ('1', 'true', 'on', 'yes', 'y')
+_INTERPRETER_ACTIVE = os.environ.get('TRITON_INTERPRET',
+                                     '').strip().lower() in _TRUE_WORDS
+
+# Pixels of a tile's region handled per loop step: fewer for float32, whose
+# dot operands take twice the registers and are split in high and low TF32
+# parts.
+_REGION_CHUNK = {torch.float32: 32, torch.float16: 64, torch.bfloat16: 64}
+# float32 dots as three TF32 tensor-core products (hi*hi + hi*lo + lo*hi):
+# float32 accuracy without the register-hungry FMA path of 'ieee'. Ignored
+# for 16-bit inputs.
+_DOT_PRECISION = tl.constexpr('tf32x3')
+# Logit of keys out of reach and start of the running max: exp() of it
+# underflows to 0 and, unlike -inf, it never gives inf - inf.
+_MASKED_LOGIT = tl.constexpr(-1.0e30)
+
+
+def interpreter_active() -> bool:
+    """Whether the kernels run in Triton's CPU interpreter.
+
+    Decided when this module is imported, as Triton decides it when the
+    kernels are decorated: ``TRITON_INTERPRET=1`` must be set before.
+    """
+    return _INTERPRETER_ACTIVE
+
+
+# ----------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------
+
+
+@triton.jit
+def _add_axis_hits(count, query_pos, key_pos, size, weight,
+                   KERNEL_SIZE: tl.constexpr, SMALL_MAP: tl.constexpr):
+    """Add ``weight`` to ``count`` once per offset o in [-pad, pad] with
+    reflect(query_pos + o) == key_pos along an axis of ``size`` pixels.
+
+    ``query_pos`` and ``key_pos`` (both in [0, size) where it matters)
+    broadcast to count's shape ([N, 1] against [1, M] or the reverse).
+
+    If size > pad, a window [q - pad, q + pad] meets at most the first
+    mirror image on each side, so a key k is hit directly (|k - q| <= pad),
+    through the mirror at 0 (position -k, for k >= 1) and through the
+    mirror at size - 1 (position 2 * (size - 1) - k, for k < size - 1).
+    SMALL_MAP (some axis has size <= pad) counts the offsets one by one:
+    repeated mirroring has period 2 * (size - 1) (1 for size 1, which maps
+    everything to 0) and a position folded into [0, period) reflects to
+    min(folded, period - folded); the shift by 3 * pad periods keeps the
+    remainder's operand non-negative (query_pos >= -2 * pad).
+    """
+    pad = KERNEL_SIZE // 2
+    if SMALL_MAP:
+        period = tl.maximum(2 * size - 2, 1)
+        first = query_pos - pad + period * (3 * pad)
+        for step in tl.static_range(KERNEL_SIZE):
+            folded = (first + step) % period
+            source = tl.minimum(folded, period - folded)
+            count += tl.where(source == key_pos, weight, 0.0)
+    else:
+        last = size - 1
+        out_of_reach = 2 * pad + 1
+        below = tl.where(key_pos >= 1, key_pos, out_of_reach)
+        above = tl.where(key_pos < last, last - key_pos, out_of_reach)
+        count += tl.where(tl.abs(key_pos - query_pos) <= pad, weight, 0.0)
+        count += tl.where(below + query_pos <= pad, weight, 0.0)
+        count += tl.where(above + (last - query_pos) <= pad, weight, 0.0)
+    return count
+
+
+@triton.jit
+def _window_multiplicity(query_y, query_x, key_y, key_x, pair_valid, height,
+                         width, KERNEL_SIZE: tl.constexpr,
+                         SMALL_MAP: tl.constexpr):
+    """float32 number of window offsets of each query that land on each
+    key: (row hits) * (column hits), 0 where ``pair_valid`` is False.
+    Inputs broadcast as in :func:`_add_axis_hits`.
+
+    Both hit counts (<= KERNEL_SIZE < 8) share one accumulator, 8 * rows +
+    cols, exact in float32, to keep one tile of registers live, not two.
+    """
+    packed = tl.zeros_like(query_y + key_y).to(tl.float32)
+    packed = _add_axis_hits(packed, query_y, key_y, height, 8.0, KERNEL_SIZE,
+                            SMALL_MAP)
+    packed = _add_axis_hits(packed, query_x, key_x, width, 1.0, KERNEL_SIZE,
+                            SMALL_MAP)
+    rows = tl.floor(packed * 0.125)
+    cols = packed - 8.0 * rows
+    return tl.where(pair_valid, rows * cols, 0.0)
+
+
+@triton.jit
+def _load_channel_major(ptr, channel_stride, pixel_offsets, pixel_valid,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_D, N] tile of N pixels (zeros beyond HEAD_DIM / off-map)."""
+    channels = tl.arange(0, BLOCK_D)
+    offsets = channels[:, None] * channel_stride + pixel_offsets[None, :]
+    mask = (channels < HEAD_DIM)[:, None] & pixel_valid[None, :]
+    return tl.load(ptr + offsets, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_channel_major(ptr, values, channel_stride, pixel_offsets,
+                         pixel_valid, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    """Store a [N, BLOCK_D] tile (pixels x channels) to N pixels."""
+    channels = tl.arange(0, BLOCK_D)
+    offsets = channels[:, None] * channel_stride + pixel_offsets[None, :]
+    mask = (channels < HEAD_DIM)[:, None] & pixel_valid[None, :]
+    tl.store(ptr + offsets, tl.trans(values).to(ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _map_offset(batch_head, heads, stride_batch, stride_head):
+    """int64 offset of map (batch, head) with batch_head = batch*heads+head."""
+    batch = (batch_head // heads).to(tl.int64)
+    head = (batch_head % heads).to(tl.int64)
+    return batch * stride_batch + head * stride_head
+
+
+@triton.jit
+def _tile_pixels(tile, rows, cols, BLOCK_H: tl.constexpr,
+                 BLOCK_W: tl.constexpr):
+    """Origin (row, col) and pixels [BLOCK_H * BLOCK_W] (row, col, valid)
+    of tile ``tile`` of a rows x cols grid tiled row-major."""
+    tiles_w = tl.cdiv(cols, BLOCK_W)
+    first_row = (tile // tiles_w) * BLOCK_H
+    first_col = (tile % tiles_w) * BLOCK_W
+    pixel = tl.arange(0, BLOCK_H * BLOCK_W)
+    row = first_row + pixel // BLOCK_W
+    col = first_col + pixel % BLOCK_W
+    return first_row, first_col, row, col, (row < rows) & (col < cols)
+
+
+@triton.jit
+def _region_pixels(first_row, first_col, start, rows, cols,
+                   REGION_W: tl.constexpr, REGION_SIZE: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """Pixels start .. start + BLOCK - 1 (row, col, valid) of the region of
+    REGION_SIZE pixels, REGION_W per row, whose origin is (first_row,
+    first_col) on a rows x cols grid."""
+    index = start + tl.arange(0, BLOCK)
+    row = first_row + index // REGION_W
+    col = first_col + index % REGION_W
+    valid = ((index < REGION_SIZE) & (row >= 0) & (row < rows) & (col >= 0)
+             & (col < cols))
+    return row, col, valid
+
+
+# ----------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------
+
+# Sizes and the strides that grow with them: not specialised, so a new image
+# size does not compile new kernels. Column strides (usually 1) stay
+# specialised for contiguity.
+_SIZE_ARGS = ['height', 'width', 'out_height', 'out_width']
+_MAP_STRIDES = [
+    f'stride_{name}{axis}'
+    for name in ('q', 'k', 'v', 'o', 'g', 'dq', 'dk', 'dv')
+    for axis in ('b', 'h', 'd', 'y')
+]
+
+
+def _jit(fn):
+    """``triton.jit`` with the size arguments ``fn`` has left unspecialised."""
+    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    unspecialised = [
+        name for name in _SIZE_ARGS + _MAP_STRIDES if name in names
+    ]
+    return triton.jit(fn, do_not_specialize=unspecialised)
+
+
+@_jit
+def _forward_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx,
+        stride_kb, stride_kh, stride_kd, stride_ky, stride_kx,
+        stride_vb, stride_vh, stride_vd, stride_vy, stride_vx,
+        stride_ob, stride_oh, stride_od, stride_oy, stride_ox,
+        heads, height, width, out_height, out_width, scale,
+        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+        REGION_W: tl.constexpr, REGION_SIZE: tl.constexpr,
+        BLOCK_REGION: tl.constexpr):
+    """One program per (map, BLOCK_H x BLOCK_W output tile): out and lse of
+    its queries, looping over the key region in BLOCK_REGION chunks."""
+    pad = KERNEL_SIZE // 2
+    tiles = tl.cdiv(out_height, BLOCK_H) * tl.cdiv(out_width, BLOCK_W)
+    batch_head = tl.program_id(0) // tiles
+    first_row, first_col, out_row, out_col, query_valid = _tile_pixels(
+        tl.program_id(0) % tiles, out_height, out_width, BLOCK_H, BLOCK_W)
+    query_y, query_x = STRIDE * out_row, STRIDE * out_col
+    q = _load_channel_major(
+        q_ptr + _map_offset(batch_head, heads, stride_qb, stride_qh),
+        stride_qd, query_y * stride_qy + query_x * stride_qx, query_valid,
+        HEAD_DIM, BLOCK_D)
+    q = tl.trans(q)
+    k_ptr += _map_offset(batch_head, heads, stride_kb, stride_kh)
+    v_ptr += _map_offset(batch_head, heads, stride_vb, stride_vh)
+
+    row_max = tl.full([BLOCK_H * BLOCK_W], _MASKED_LOGIT, tl.float32)
+    row_sum = tl.zeros([BLOCK_H * BLOCK_W], tl.float32)
+    acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
+    for start in range(0, REGION_SIZE, BLOCK_REGION):
+        key_y, key_x, key_valid = _region_pixels(
+            STRIDE * first_row - pad, STRIDE * first_col - pad, start, height,
+            width, REGION_W, REGION_SIZE, BLOCK_REGION)
+        k = _load_channel_major(k_ptr, stride_kd,
+                                key_y * stride_ky + key_x * stride_kx,
+                                key_valid, HEAD_DIM, BLOCK_D)
+        v = _load_channel_major(v_ptr, stride_vd,
+                                key_y * stride_vy + key_x * stride_vx,
+                                key_valid, HEAD_DIM, BLOCK_D)
+        logits = tl.dot(q, k, input_precision=_DOT_PRECISION) * scale
+        multiplicity = _window_multiplicity(
+            query_y[:, None], query_x[:, None], key_y[None, :],
+            key_x[None, :], query_valid[:, None] & key_valid[None, :],
+            height, width, KERNEL_SIZE, SMALL_MAP)
+        logits = tl.where(multiplicity > 0, logits, _MASKED_LOGIT)
+        new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+        rescale = tl.exp(row_max - new_max)
+        weights = multiplicity * tl.exp(logits - new_max[:, None])
+        row_sum = row_sum * rescale + tl.sum(weights, axis=1)
+        acc = tl.dot(weights.to(v.dtype), tl.trans(v), acc * rescale[:, None],
+                     input_precision=_DOT_PRECISION)
+        row_max = new_max
+
+    row_sum = tl.where(query_valid, row_sum, 1.0)
+    _store_channel_major(
+        out_ptr + _map_offset(batch_head, heads, stride_ob, stride_oh),
+        acc / row_sum[:, None], stride_od,
+        out_row * stride_oy + out_col * stride_ox, query_valid, HEAD_DIM,
+        BLOCK_D)
+    lse_offsets = (batch_head.to(tl.int64) * out_height * out_width
+                   + out_row * out_width + out_col)
+    tl.store(lse_ptr + lse_offsets, row_max + tl.log(row_sum),
+             mask=query_valid)
+
+
+@triton.jit
+def _store_query_grad(ptr, grad_q, channel_stride, row_stride, col_stride,
+                      query_y, query_x, query_valid, height, width,
+                      HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """Store dQ [N, BLOCK_D] at the query pixels and zeros at the input
+    pixels between strided queries (each STRIDE x STRIDE cell once)."""
+    _store_channel_major(ptr, grad_q, channel_stride,
+                         query_y * row_stride + query_x * col_stride,
+                         query_valid, HEAD_DIM, BLOCK_D)
+    for phase in tl.static_range(1, STRIDE * STRIDE):
+        pixel_y = query_y + phase // STRIDE
+        pixel_x = query_x + phase % STRIDE
+        _store_channel_major(
+            ptr, tl.zeros_like(grad_q), channel_stride,
+            pixel_y * row_stride + pixel_x * col_stride,
+            query_valid & (pixel_y < height) & (pixel_x < width), HEAD_DIM,
+            BLOCK_D)
+
+
+@_jit
+def _grad_query_kernel(
+        q_ptr, k_ptr, v_ptr, o_ptr, g_ptr, lse_ptr, delta_ptr, dq_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx,
+        stride_kb, stride_kh, stride_kd, stride_ky, stride_kx,
+        stride_vb, stride_vh, stride_vd, stride_vy, stride_vx,
+        stride_ob, stride_oh, stride_od, stride_oy, stride_ox,
+        stride_gb, stride_gh, stride_gd, stride_gy, stride_gx,
+        stride_dqb, stride_dqh, stride_dqd, stride_dqy, stride_dqx,
+        heads, height, width, out_height, out_width, scale,
+        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+        REGION_W: tl.constexpr, REGION_SIZE: tl.constexpr,
+        BLOCK_REGION: tl.constexpr, COMPUTE_GRAD_Q: tl.constexpr):
+    """One program per (map, output tile): delta = rowsum(dO * O) of its
+    queries (stored for the dK/dV kernel) and, if COMPUTE_GRAD_Q, their dQ
+    = scale * sum_keys P * (dP - delta) * K over the key region."""
+    pad = KERNEL_SIZE // 2
+    tiles = tl.cdiv(out_height, BLOCK_H) * tl.cdiv(out_width, BLOCK_W)
+    batch_head = tl.program_id(0) // tiles
+    first_row, first_col, out_row, out_col, query_valid = _tile_pixels(
+        tl.program_id(0) % tiles, out_height, out_width, BLOCK_H, BLOCK_W)
+    grad_out = _load_channel_major(
+        g_ptr + _map_offset(batch_head, heads, stride_gb, stride_gh),
+        stride_gd, out_row * stride_gy + out_col * stride_gx, query_valid,
+        HEAD_DIM, BLOCK_D)
+    out = _load_channel_major(
+        o_ptr + _map_offset(batch_head, heads, stride_ob, stride_oh),
+        stride_od, out_row * stride_oy + out_col * stride_ox, query_valid,
+        HEAD_DIM, BLOCK_D)
+    delta = tl.sum(grad_out.to(tl.float32) * out.to(tl.float32), axis=0)
+    stat_offsets = (batch_head.to(tl.int64) * out_height * out_width
+                    + out_row * out_width + out_col)
+    tl.store(delta_ptr + stat_offsets, delta, mask=query_valid)
+    if COMPUTE_GRAD_Q:
+        query_y, query_x = STRIDE * out_row, STRIDE * out_col
+        q = _load_channel_major(
+            q_ptr + _map_offset(batch_head, heads, stride_qb, stride_qh),
+            stride_qd, query_y * stride_qy + query_x * stride_qx,
+            query_valid, HEAD_DIM, BLOCK_D)
+        q = tl.trans(q)
+        grad_out = tl.trans(grad_out)
+        lse = tl.load(lse_ptr + stat_offsets, mask=query_valid, other=0.0)
+        k_ptr += _map_offset(batch_head, heads, stride_kb, stride_kh)
+        v_ptr += _map_offset(batch_head, heads, stride_vb, stride_vh)
+        acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
+        for start in range(0, REGION_SIZE, BLOCK_REGION):
+            key_y, key_x, key_valid = _region_pixels(
+                STRIDE * first_row - pad, STRIDE * first_col - pad, start,
+                height, width, REGION_W, REGION_SIZE, BLOCK_REGION)
+            k = _load_channel_major(k_ptr, stride_kd,
+                                    key_y * stride_ky + key_x * stride_kx,
+                                    key_valid, HEAD_DIM, BLOCK_D)
+            v = _load_channel_major(v_ptr, stride_vd,
+                                    key_y * stride_vy + key_x * stride_vx,
+                                    key_valid, HEAD_DIM, BLOCK_D)
+            logits = tl.dot(q, k, input_precision=_DOT_PRECISION) * scale
+            multiplicity = _window_multiplicity(
+                query_y[:, None], query_x[:, None], key_y[None, :],
+                key_x[None, :], query_valid[:, None] & key_valid[None, :],
+                height, width, KERNEL_SIZE, SMALL_MAP)
+            probs = multiplicity * tl.exp(
+                tl.where(multiplicity > 0, logits - lse[:, None],
+                         _MASKED_LOGIT))
+            grad_probs = tl.dot(grad_out, v, input_precision=_DOT_PRECISION)
+            grad_logits = probs * (grad_probs - delta[:, None])
+            acc = tl.dot(grad_logits.to(k.dtype), tl.trans(k), acc,
+                         input_precision=_DOT_PRECISION)
+        _store_query_grad(
+            dq_ptr + _map_offset(batch_head, heads, stride_dqb, stride_dqh),
+            acc * scale, stride_dqd, stride_dqy, stride_dqx, query_y,
+            query_x, query_valid, height, width, HEAD_DIM, STRIDE, BLOCK_D)
+
+
+@_jit
+def _grad_key_value_kernel(
+        q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx,
+        stride_kb, stride_kh, stride_kd, stride_ky, stride_kx,
+        stride_vb, stride_vh, stride_vd, stride_vy, stride_vx,
+        stride_gb, stride_gh, stride_gd, stride_gy, stride_gx,
+        stride_dkb, stride_dkh, stride_dkd, stride_dky, stride_dkx,
+        stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
+        heads, height, width, out_height, out_width, scale,
+        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+        REGION_W: tl.constexpr, REGION_SIZE: tl.constexpr,
+        BLOCK_REGION: tl.constexpr):
+    """One program per (map, BLOCK_H x BLOCK_W tile of input pixels): dK and
+    dV of its keys, looping in BLOCK_REGION chunks over the region of
+    output pixels that can reach them (input position within pad)."""
+    pad = KERNEL_SIZE // 2
+    tiles = tl.cdiv(height, BLOCK_H) * tl.cdiv(width, BLOCK_W)
+    batch_head = tl.program_id(0) // tiles
+    first_y, first_x, key_y, key_x, key_valid = _tile_pixels(
+        tl.program_id(0) % tiles, height, width, BLOCK_H, BLOCK_W)
+    k = _load_channel_major(
+        k_ptr + _map_offset(batch_head, heads, stride_kb, stride_kh),
+        stride_kd, key_y * stride_ky + key_x * stride_kx, key_valid,
+        HEAD_DIM, BLOCK_D)
+    v = _load_channel_major(
+        v_ptr + _map_offset(batch_head, heads, stride_vb, stride_vh),
+        stride_vd, key_y * stride_vy + key_x * stride_vx, key_valid,
+        HEAD_DIM, BLOCK_D)
+    k, v = tl.trans(k), tl.trans(v)
+    q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
+    g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
+    stats_base = batch_head.to(tl.int64) * out_height * out_width
+    # First output row (col) whose input position is >= first - pad:
+    # ceil((first - pad) / STRIDE), written with a non-negative dividend.
+    shift = STRIDE * pad + STRIDE - 1 - pad
+    first_row = (first_y + shift) // STRIDE - pad
+    first_col = (first_x + shift) // STRIDE - pad
+
+    grad_k = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
+    grad_v = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
+    for start in range(0, REGION_SIZE, BLOCK_REGION):
+        out_row, out_col, query_valid = _region_pixels(
+            first_row, first_col, start, out_height, out_width, REGION_W,
+            REGION_SIZE, BLOCK_REGION)
+        query_y, query_x = STRIDE * out_row, STRIDE * out_col
+        q = _load_channel_major(q_ptr, stride_qd,
+                                query_y * stride_qy + query_x * stride_qx,
+                                query_valid, HEAD_DIM, BLOCK_D)
+        grad_out = _load_channel_major(
+            g_ptr, stride_gd, out_row * stride_gy + out_col * stride_gx,
+            query_valid, HEAD_DIM, BLOCK_D)
+        stat_offsets = stats_base + out_row * out_width + out_col
+        lse = tl.load(lse_ptr + stat_offsets, mask=query_valid, other=0.0)
+        delta = tl.load(delta_ptr + stat_offsets, mask=query_valid,
+                        other=0.0)
+        logits_t = tl.dot(k, q, input_precision=_DOT_PRECISION) * scale
+        multiplicity_t = _window_multiplicity(
+            query_y[None, :], query_x[None, :], key_y[:, None],
+            key_x[:, None], key_valid[:, None] & query_valid[None, :],
+            height, width, KERNEL_SIZE, SMALL_MAP)
+        probs_t = multiplicity_t * tl.exp(
+            tl.where(multiplicity_t > 0, logits_t - lse[None, :],
+                     _MASKED_LOGIT))
+        grad_v = tl.dot(probs_t.to(grad_out.dtype), tl.trans(grad_out),
+                        grad_v, input_precision=_DOT_PRECISION)
+        grad_probs_t = tl.dot(v, grad_out, input_precision=_DOT_PRECISION)
+        grad_logits_t = probs_t * (grad_probs_t - delta[None, :])
+        grad_k = tl.dot(grad_logits_t.to(q.dtype), tl.trans(q), grad_k,
+                        input_precision=_DOT_PRECISION)
+
+    _store_channel_major(
+        dk_ptr + _map_offset(batch_head, heads, stride_dkb, stride_dkh),
+        grad_k * scale, stride_dkd, key_y * stride_dky + key_x * stride_dkx,
+        key_valid, HEAD_DIM, BLOCK_D)
+    _store_channel_major(
+        dv_ptr + _map_offset(batch_head, heads, stride_dvb, stride_dvh),
+        grad_v, stride_dvd, key_y * stride_dvy + key_x * stride_dvx,
+        key_valid, HEAD_DIM, BLOCK_D)
+
+
+def _tuned(kernel, extra_key=()):
+    """Autotune ``kernel``'s warps and pipeline stages on GPUs, keyed only
+    by (head dim, kernel size, stride, *extra_key) and the dtypes; the
+    interpreter runs it as is."""
+    if interpreter_active():
+        return kernel
+    configs = [
+        triton.Config({}, num_warps=warps, num_stages=stages)
+        for warps in (4, 8) for stages in (1, 2)
+    ]
+    key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *extra_key]
+    return triton.autotune(configs, key=key)(kernel)
+
+
+_forward = _tuned(_forward_kernel)
+_grad_query = _tuned(_grad_query_kernel, extra_key=['COMPUTE_GRAD_Q'])
+_grad_key_value = _tuned(_grad_key_value_kernel)
+
+# ----------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------
+
+
+class Tiling(NamedTuple):
+    """Compile-time geometry of one kernel: a block_h x block_w tile and a
+    region of region_size pixels (region_w per row) walked in chunks of
+    block_region."""
+    block_h: int
+    block_w: int
+    region_w: int
+    region_size: int
+    block_region: int
+
+    def as_meta(self) -> dict:
+        """Keyword constexpr arguments of the kernels."""
+        return dict(BLOCK_H=self.block_h, BLOCK_W=self.block_w,
+                    REGION_W=self.region_w, REGION_SIZE=self.region_size,
+                    BLOCK_REGION=self.block_region)
+
+
+def _operand_width(head_dim: int, dtype: torch.dtype) -> int:
+    """Channel block in 16-bit units: a float32 tile counts twice."""
+    return head_block(head_dim) * (2 if dtype == torch.float32 else 1)
+
+
+def _tiling(tile: Tuple[int, int], region_h: int, region_w: int,
+            dtype: torch.dtype) -> Tiling:
+    """Tile plus a region_h x region_w region, walked in chunks of
+    _REGION_CHUNK pixels, or in one power of two (at least 16, the smallest
+    tl.dot size) when smaller."""
+    size = region_h * region_w
+    chunk = min(_REGION_CHUNK[dtype], max(16, triton.next_power_of_2(size)))
+    return Tiling(tile[0], tile[1], region_w, size, chunk)
+
+
+def query_tiling(kernel_size: int, stride: int, head_dim: int,
+                 dtype: torch.dtype) -> Tiling:
+    """Output tile and its key region (tile footprint dilated by pad).
+
+    Stride 1: 8 x 8 queries (a 64-row tensor-core tile), 4 x 8 for the
+    widest operands. Stride 2 spreads the footprint, so 4 x 8 (4 x 4 for
+    kernel 7) keeps the region, and the logits wasted on keys out of reach,
+    small. 16 queries is the smallest tl.dot.
+    """
+    if stride == 1:
+        wide = _operand_width(head_dim, dtype) > 128
+        block_h, block_w = (4, 8) if wide else (8, 8)
+    else:
+        block_h, block_w = (4, 4) if kernel_size == 7 else (4, 8)
+    return _tiling((block_h, block_w), stride * (block_h - 1) + kernel_size,
+                   stride * (block_w - 1) + kernel_size, dtype)
+
+
+def key_tiling(kernel_size: int, stride: int, head_dim: int,
+               dtype: torch.dtype) -> Tiling:
+    """Key tile and the region of output pixels that can reach it (input
+    position within pad of the tile; the largest count over alignments).
+
+    8 x 8 keys, fewer for wide operands: the program keeps fp32 dK and dV
+    accumulators for all its keys.
+    """
+    width = _operand_width(head_dim, dtype)
+    if width <= 64:
+        block_h, block_w = 8, 8
+    else:
+        block_h, block_w = (4, 8) if width <= 128 else (4, 4)
+    return _tiling((block_h, block_w),
+                   (block_h + kernel_size - 2) // stride + 1,
+                   (block_w + kernel_size - 2) // stride + 1, dtype)
+
+
+def head_block(head_dim: int) -> int:
+    """Channel block: next power of two >= max(head_dim, 16)."""
+    return triton.next_power_of_2(max(head_dim, 16))
+
+
+def _strides(tensor: Tensor) -> Tuple[int, ...]:
+    """The 5 strides of a (B, heads, D, H, W) tensor, in elements."""
+    return tuple(tensor.stride())
+
+
+def _device_guard(tensor: Tensor):
+    """Make ``tensor``'s GPU current while launching (no-op on CPU)."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
+                 stride: int) -> None:
+    """Raise ValueError unless the fused kernels support these arguments."""
+    for name, tensor in (('q', q), ('k', k), ('v', v)):
+        if tensor.dim() != 5:
+            raise ValueError(f'{name} must be 5-D (B, heads, D, H, W), got '
+                             f'shape {tuple(tensor.shape)}')
+    if not q.shape == k.shape == v.shape:
+        raise ValueError('q, k and v must have the same shape, got '
+                         f'{tuple(q.shape)}, {tuple(k.shape)}, '
+                         f'{tuple(v.shape)}')
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError('q, k and v must have the same dtype, got '
+                         f'{q.dtype}, {k.dtype}, {v.dtype}')
+    if not q.device == k.device == v.device:
+        raise ValueError('q, k and v must be on the same device, got '
+                         f'{q.device}, {k.device}, {v.device}')
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f'dtype {q.dtype} is not supported; use float32, '
+                         'float16 or bfloat16')
+    head_dim = q.shape[2]
+    if (head_dim < MIN_HEAD_DIM or head_dim > MAX_HEAD_DIM
+            or head_dim % HEAD_DIM_MULTIPLE):
+        raise ValueError(f'head_dim (dim 2) must be a multiple of '
+                         f'{HEAD_DIM_MULTIPLE} in [{MIN_HEAD_DIM}, '
+                         f'{MAX_HEAD_DIM}], got {head_dim}')
+    if q.shape[3] < 1 or q.shape[4] < 1:
+        raise ValueError(f'H and W must be >= 1, got {tuple(q.shape[3:])}')
+    if not isinstance(kernel_size, int) or kernel_size % 2 == 0:
+        raise ValueError(f'kernel_size must be an odd int, got {kernel_size}')
+    if kernel_size not in SUPPORTED_KERNEL_SIZES:
+        raise ValueError(f'kernel_size must be one of '
+                         f'{SUPPORTED_KERNEL_SIZES}, got {kernel_size}')
+    if not isinstance(stride, int) or stride not in SUPPORTED_STRIDES:
+        raise ValueError(f'stride must be one of {SUPPORTED_STRIDES}, got '
+                         f'{stride}')
+    if interpreter_active():
+        if q.dtype == torch.bfloat16:
+            raise ValueError('bfloat16 is not supported by the Triton '
+                             'interpreter (TRITON_INTERPRET=1), which runs '
+                             'kernels with numpy; use float16 or float32')
+    elif not q.is_cuda:
+        raise ValueError(f'the Triton kernels need CUDA tensors, got device '
+                         f'{q.device}; set TRITON_INTERPRET=1 before import '
+                         'to run them on CPU')
+
+
+def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
+    """Constexpr arguments shared by all kernels. SMALL_MAP (a side of at
+    most pad pixels) selects the general reflection count, so tiny maps
+    add one compiled variant, not one per size."""
+    head_dim, height, width = q.shape[2:]
+    return dict(HEAD_DIM=head_dim, KERNEL_SIZE=kernel_size, STRIDE=stride,
+                SMALL_MAP=min(height, width) <= kernel_size // 2,
+                BLOCK_D=head_block(head_dim))
+
+
+def _tile_count(rows: int, cols: int, tiling: Tiling) -> int:
+    """Number of tiles covering a rows x cols grid."""
+    return (triton.cdiv(rows, tiling.block_h)
+            * triton.cdiv(cols, tiling.block_w))
+
+
+def local_attention_forward(q: Tensor, k: Tensor, v: Tensor,
+                            kernel_size: int, stride: int = 1,
+                            scale: float = 1.0) -> Tuple[Tensor, Tensor]:
+    """Fused forward of the local attention.
+
+    Args:
+        q, k, v: (B, heads, D, H, W), any strides, one dtype and device.
+        kernel_size: window size (3, 5 or 7).
+        stride: query stride (1 or 2).
+        scale: factor applied to the logits q . k.
+
+    Returns:
+        out: (B, heads, D, ceil(H / stride), ceil(W / stride)), v's dtype.
+        lse: (B * heads, Hq, Wq) float32 log-sum-exp of the weighted logits.
+    """
+    check_inputs(q, k, v, kernel_size, stride)
+    batch, heads, head_dim, height, width = q.shape
+    out_height = math.ceil(height / stride)
+    out_width = math.ceil(width / stride)
+    out = torch.empty((batch, heads, head_dim, out_height, out_width),
+                      dtype=v.dtype, device=v.device)
+    lse = torch.empty((batch * heads, out_height, out_width),
+                      dtype=torch.float32, device=v.device)
+    if out.numel() == 0:
+        return out, lse
+    tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
+    grid = (batch * heads * _tile_count(out_height, out_width, tiling),)
+    with _device_guard(q):
+        _forward[grid](
+            q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v),
+            *_strides(out), heads, height, width, out_height, out_width,
+            float(scale), **_shape_meta(q, kernel_size, stride),
+            **tiling.as_meta())
+    return out, lse
+
+
+def local_attention_backward(
+        grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+        lse: Tensor, kernel_size: int, stride: int, scale: float,
+        need_grad_q: bool = True, need_grad_kv: bool = True
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Fused, deterministic backward of :func:`local_attention_forward`.
+
+    Args:
+        grad_out: (B, heads, D, Hq, Wq) gradient of ``out``, any strides.
+        q, k, v: the forward's inputs, (B, heads, D, H, W).
+        out, lse: the forward's results.
+        kernel_size, stride, scale: the forward's arguments.
+        need_grad_q: compute dQ.
+        need_grad_kv: compute dK and dV.
+
+    Returns:
+        (dq, dk, dv): contiguous (B, heads, D, H, W) in q's dtype; None where
+        not requested.
+    """
+    batch, heads, head_dim, height, width = q.shape
+    out_height, out_width = out.shape[-2:]
+
+    def new_grad(needed: bool) -> Optional[Tensor]:
+        """Uninitialised (B, heads, D, H, W) gradient, if needed."""
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device) \
+            if needed else None
+
+    grad_q = new_grad(need_grad_q)
+    grad_k, grad_v = new_grad(need_grad_kv), new_grad(need_grad_kv)
+    if q.numel() == 0 or not (need_grad_q or need_grad_kv):
+        return grad_q, grad_k, grad_v
+    maps = batch * heads
+    common = _shape_meta(q, kernel_size, stride)
+    sizes = (heads, height, width, out_height, out_width, float(scale))
+    delta = torch.empty_like(lse)
+    with _device_guard(q):
+        tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
+        grid = (maps * _tile_count(out_height, out_width, tiling),)
+        # Without dQ the kernel only writes delta: any pointer stands in.
+        dq_target = grad_q if need_grad_q else delta
+        dq_strides = _strides(grad_q) if need_grad_q else (0,) * 5
+        _grad_query[grid](
+            q, k, v, out, grad_out, lse, delta, dq_target, *_strides(q),
+            *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
+            *dq_strides, *sizes, **common, **tiling.as_meta(),
+            COMPUTE_GRAD_Q=need_grad_q)
+        if need_grad_kv:
+            tiling = key_tiling(kernel_size, stride, head_dim, q.dtype)
+            grid = (maps * _tile_count(height, width, tiling),)
+            _grad_key_value[grid](
+                q, k, v, grad_out, lse, delta, grad_k, grad_v, *_strides(q),
+                *_strides(k), *_strides(v), *_strides(grad_out),
+                *_strides(grad_k), *_strides(grad_v), *sizes, **common,
+                **tiling.as_meta())
+    return grad_q, grad_k, grad_v
