@@ -249,8 +249,9 @@ def test_other_parameters_need_force(tmp_path, capsys):
         'toy_coco/val2017/000000.jpg']
     marker = json.loads(after['toy_ade20k/toy_data.json'])
     assert marker == dict(
-        params=dict(format_version=1, dataset='ade20k', seed=1, num_train=3,
-                    num_val=2, image_size=64), complete=True)
+        params=dict(format_version=tool.FORMAT_VERSION, dataset='ade20k',
+                    seed=1, num_train=3, num_val=2, image_size=64),
+        complete=True)
 
 
 def test_folder_without_marker_is_refused_and_untouched(tmp_path):
