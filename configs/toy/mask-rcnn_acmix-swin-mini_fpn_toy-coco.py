@@ -9,7 +9,7 @@ metainfo = dict(
     classes=('circle', 'square', 'triangle'),
     palette=[(220, 20, 60), (0, 128, 255), (255, 190, 0)])
 image_size = (128, 128)
-max_iters = 600
+max_iters = 400
 
 model = dict(
     backbone=dict(
@@ -96,7 +96,7 @@ optim_wrapper = dict(
     }))
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=150, max_keep_ckpts=2,
+    checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2,
                     save_last=True))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
