@@ -132,7 +132,7 @@ def test_distributed_evaluation_gathers_all_ranks(workspace, task, request):
     assert distributed == single
 
 
-def test_resume_after_interrupted_run(workspace):
+def test_resume_after_interrupted_run(workspace, monkeypatch):
     work_dir = workspace / 'work_dirs/resume'
     command = [sys.executable, str(REPO / 'tools/train.py'), SEG,
                '--work-dir', str(work_dir), '--cfg-options',
@@ -153,6 +153,7 @@ def test_resume_after_interrupted_run(workspace):
     saved_iter = int(checkpoint.stem.split('_')[1])
 
     # The runner restores the iteration and the optimizer state exactly.
+    monkeypatch.chdir(workspace)
     trust_local_checkpoints()
     cfg = Config.fromfile(SEG)
     cfg.work_dir = str(workspace / 'work_dirs/inspect')
