@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Sets up .venv (tools/setup_env.sh), then runs the main job: every config in
-# configs/ is built as a full model and run for one training step and one
-# prediction on synthetic images; prints parameter counts and timings.
-# Extra arguments go to tools/analysis_tools/check_configs.py.
+# Sets up .venv (tools/setup_env.sh), then runs the main job on the bundled
+# toy data: writes data/toy_coco and data/toy_ade20k (tools/make_toy_data.py),
+# evaluates Mask R-CNN (ACmix-Swin) and UperNet (ACmix-ResNet) untrained,
+# trains both on the CPU, evaluates them again and draws prediction pictures
+# (tools/toy_demo.py). Extra arguments go to tools/toy_demo.py.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/tools/setup_env.sh"
 cd "$root"
-exec .venv/bin/python tools/analysis_tools/check_configs.py "$@"
+.venv/bin/python tools/make_toy_data.py
+exec .venv/bin/python tools/toy_demo.py "$@"
