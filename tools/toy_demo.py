@@ -50,7 +50,7 @@ def run(step: str, command: List[str], log: str) -> None:
     with open(log, 'w') as file:
         result = subprocess.run(command, cwd=REPO, stdout=file,
                                 stderr=subprocess.STDOUT)
-    print(f'{time.perf_counter() - start:6.1f}s  (log: {log})')
+    print(f'{time.perf_counter() - start:6.1f}s  (log: {osp.relpath(log)})')
     if result.returncode != 0:
         with open(log) as file:
             tail = file.readlines()[-30:]
@@ -96,7 +96,8 @@ def demo(spec: dict, root: str, pictures: int) -> dict:
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
-    results = {spec['name']: demo(spec, args.work_dir, args.pictures)
+    work_dir = osp.abspath(args.work_dir)
+    results = {spec['name']: demo(spec, work_dir, args.pictures)
                for spec in DEMOS}
     print(f'\nToy results (validation set), {time.perf_counter() - start:.0f}'
           f's in total:')
@@ -110,8 +111,10 @@ def main() -> None:
     print()
     for spec in DEMOS:
         result = results[spec['name']]
-        print(f'{spec["name"]}: checkpoint {result["checkpoint"]}\n'
-              f'{" " * len(spec["name"])}  pictures   {result["pictures"]}/')
+        checkpoint = osp.relpath(result['checkpoint'])
+        pictures = osp.relpath(result['pictures'])
+        print(f'{spec["name"]}: checkpoint {checkpoint}\n'
+              f'{" " * len(spec["name"])}  pictures   {pictures}/')
 
 
 if __name__ == '__main__':
