@@ -19,7 +19,7 @@ per key tile from the queries that reach it; no atomics.
 import contextlib
 import math
 import os
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -450,6 +450,10 @@ def _grad_key_value_kernel(
         key_valid, HEAD_DIM, BLOCK_D)
 
 
+# (num_warps, num_stages) candidates of the autotuner.
+TUNING_CONFIGS = ((4, 1), (4, 2), (8, 1), (8, 2))
+
+
 def _tuned(kernel, extra_key=()):
     """Autotune ``kernel``'s warps and pipeline stages on GPUs, keyed only
     by (head dim, kernel size, stride, *extra_key) and the dtypes; the
@@ -458,7 +462,7 @@ def _tuned(kernel, extra_key=()):
         return kernel
     configs = [
         triton.Config({}, num_warps=warps, num_stages=stages)
-        for warps in (4, 8) for stages in (1, 2)
+        for warps, stages in TUNING_CONFIGS
     ]
     key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *extra_key]
     return triton.autotune(configs, key=key)(kernel)
@@ -546,6 +550,22 @@ def head_block(head_dim: int) -> int:
     return triton.next_power_of_2(max(head_dim, 16))
 
 
+class KernelSpec(NamedTuple):
+    """A kernel, the tiling its launcher gives it and its other constexpr
+    arguments (used to compile the kernels ahead of time)."""
+    kernel: Callable
+    tiling: Callable[[int, int, int, torch.dtype], Tiling]
+    extra_meta: Dict[str, bool]
+
+
+KERNELS = {
+    'forward': KernelSpec(_forward_kernel, query_tiling, {}),
+    'grad_query': KernelSpec(_grad_query_kernel, query_tiling,
+                             {'COMPUTE_GRAD_Q': True}),
+    'grad_key_value': KernelSpec(_grad_key_value_kernel, key_tiling, {}),
+}
+
+
 def _strides(tensor: Tensor) -> Tuple[int, ...]:
     """The 5 strides of a (B, heads, D, H, W) tensor, in elements."""
     return tuple(tensor.stride())
@@ -605,14 +625,20 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
                          'to run them on CPU')
 
 
-def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
+def shape_meta(head_dim: int, kernel_size: int, stride: int,
+               small_map: bool) -> dict:
     """Constexpr arguments shared by all kernels. SMALL_MAP (a side of at
     most pad pixels) selects the general reflection count, so tiny maps
     add one compiled variant, not one per size."""
-    head_dim, height, width = q.shape[2:]
     return dict(HEAD_DIM=head_dim, KERNEL_SIZE=kernel_size, STRIDE=stride,
-                SMALL_MAP=min(height, width) <= kernel_size // 2,
-                BLOCK_D=head_block(head_dim))
+                SMALL_MAP=small_map, BLOCK_D=head_block(head_dim))
+
+
+def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
+    """:func:`shape_meta` of (B, heads, D, H, W) inputs ``q``."""
+    head_dim, height, width = q.shape[2:]
+    return shape_meta(head_dim, kernel_size, stride,
+                      min(height, width) <= kernel_size // 2)
 
 
 def _tile_count(rows: int, cols: int, tiling: Tiling) -> int:
