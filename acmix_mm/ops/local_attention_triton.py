@@ -39,10 +39,11 @@ _INTERPRETER_ACTIVE = os.environ.get('TRITON_INTERPRET',
 # dot operands take twice the registers and are split in high and low TF32
 # parts.
 _REGION_CHUNK = {torch.float32: 32, torch.float16: 64, torch.bfloat16: 64}
-# float32 dots as three TF32 tensor-core products (hi*hi + hi*lo + lo*hi):
-# float32 accuracy without the register-hungry FMA path of 'ieee'. Ignored
-# for 16-bit inputs.
-_DOT_PRECISION = tl.constexpr('tf32x3')
+# Triton 3 runs float32 dots as three TF32 tensor-core products ('tf32x3',
+# hi*hi + hi*lo + lo*hi): float32 accuracy without the register-hungry FMA
+# path. Triton 2 has no such mode; there float32 dots run exactly on the FMA
+# units. 16-bit dots are the same on both.
+_TRITON_3 = tl.constexpr(int(triton.__version__.split('.')[0]) >= 3)
 # Logit of keys out of reach and start of the running max: exp() of it
 # underflows to 0 and, unlike -inf, it never gives inf - inf.
 _MASKED_LOGIT = tl.constexpr(-1.0e30)
@@ -63,9 +64,27 @@ def interpreter_active() -> bool:
 
 
 @triton.jit
+def _matmul(a, b):
+    """a @ b in float32, float32-accurate for float32 operands."""
+    if _TRITON_3:
+        return tl.dot(a, b, input_precision='tf32x3')
+    else:
+        return tl.dot(a, b, allow_tf32=False)
+
+
+@triton.jit
+def _matmul_add(a, b, acc):
+    """acc + a @ b, as :func:`_matmul`."""
+    if _TRITON_3:
+        return tl.dot(a, b, acc, input_precision='tf32x3')
+    else:
+        return acc + tl.dot(a, b, allow_tf32=False)
+
+
+@triton.jit
 def _add_axis_hits(count, query_pos, key_pos, size, weight,
                    KERNEL_SIZE: tl.constexpr, SMALL_MAP: tl.constexpr):
-    """Add ``weight`` to ``count`` once per offset o in [-pad, pad] with
+    """Add int ``weight`` to ``count`` once per offset o in [-pad, pad] with
     reflect(query_pos + o) == key_pos along an axis of ``size`` pixels.
 
     ``query_pos`` and ``key_pos`` (both in [0, size) where it matters)
@@ -88,15 +107,15 @@ def _add_axis_hits(count, query_pos, key_pos, size, weight,
         for step in tl.static_range(KERNEL_SIZE):
             folded = (first + step) % period
             source = tl.minimum(folded, period - folded)
-            count += tl.where(source == key_pos, weight, 0.0)
+            count += tl.where(source == key_pos, weight, 0)
     else:
         last = size - 1
         out_of_reach = 2 * pad + 1
         below = tl.where(key_pos >= 1, key_pos, out_of_reach)
         above = tl.where(key_pos < last, last - key_pos, out_of_reach)
-        count += tl.where(tl.abs(key_pos - query_pos) <= pad, weight, 0.0)
-        count += tl.where(below + query_pos <= pad, weight, 0.0)
-        count += tl.where(above + (last - query_pos) <= pad, weight, 0.0)
+        count += tl.where(tl.abs(key_pos - query_pos) <= pad, weight, 0)
+        count += tl.where(below + query_pos <= pad, weight, 0)
+        count += tl.where(above + (last - query_pos) <= pad, weight, 0)
     return count
 
 
@@ -108,17 +127,17 @@ def _window_multiplicity(query_y, query_x, key_y, key_x, pair_valid, height,
     key: (row hits) * (column hits), 0 where ``pair_valid`` is False.
     Inputs broadcast as in :func:`_add_axis_hits`.
 
-    Both hit counts (<= KERNEL_SIZE < 8) share one accumulator, 8 * rows +
-    cols, exact in float32, to keep one tile of registers live, not two.
+    Both hit counts (<= KERNEL_SIZE < 8) share one int32 accumulator,
+    8 * rows + cols, to keep one tile of registers live, not two.
     """
-    packed = tl.zeros_like(query_y + key_y).to(tl.float32)
-    packed = _add_axis_hits(packed, query_y, key_y, height, 8.0, KERNEL_SIZE,
+    packed = tl.zeros_like(query_y + key_y)
+    packed = _add_axis_hits(packed, query_y, key_y, height, 8, KERNEL_SIZE,
                             SMALL_MAP)
-    packed = _add_axis_hits(packed, query_x, key_x, width, 1.0, KERNEL_SIZE,
+    packed = _add_axis_hits(packed, query_x, key_x, width, 1, KERNEL_SIZE,
                             SMALL_MAP)
-    rows = tl.floor(packed * 0.125)
-    cols = packed - 8.0 * rows
-    return tl.where(pair_valid, rows * cols, 0.0)
+    rows = packed >> 3
+    cols = packed & 7
+    return tl.where(pair_valid, (rows * cols).to(tl.float32), 0.0)
 
 
 @triton.jit
@@ -246,7 +265,7 @@ def _forward_kernel(
         v = _load_channel_major(v_ptr, stride_vd,
                                 key_y * stride_vy + key_x * stride_vx,
                                 key_valid, HEAD_DIM, BLOCK_D)
-        logits = tl.dot(q, k, input_precision=_DOT_PRECISION) * scale
+        logits = _matmul(q, k) * scale
         multiplicity = _window_multiplicity(
             query_y[:, None], query_x[:, None], key_y[None, :],
             key_x[None, :], query_valid[:, None] & key_valid[None, :],
@@ -256,8 +275,8 @@ def _forward_kernel(
         rescale = tl.exp(row_max - new_max)
         weights = multiplicity * tl.exp(logits - new_max[:, None])
         row_sum = row_sum * rescale + tl.sum(weights, axis=1)
-        acc = tl.dot(weights.to(v.dtype), tl.trans(v), acc * rescale[:, None],
-                     input_precision=_DOT_PRECISION)
+        acc = _matmul_add(weights.to(v.dtype), tl.trans(v),
+                          acc * rescale[:, None])
         row_max = new_max
 
     row_sum = tl.where(query_valid, row_sum, 1.0)
@@ -349,7 +368,7 @@ def _grad_query_kernel(
             v = _load_channel_major(v_ptr, stride_vd,
                                     key_y * stride_vy + key_x * stride_vx,
                                     key_valid, HEAD_DIM, BLOCK_D)
-            logits = tl.dot(q, k, input_precision=_DOT_PRECISION) * scale
+            logits = _matmul(q, k) * scale
             multiplicity = _window_multiplicity(
                 query_y[:, None], query_x[:, None], key_y[None, :],
                 key_x[None, :], query_valid[:, None] & key_valid[None, :],
@@ -357,10 +376,9 @@ def _grad_query_kernel(
             probs = multiplicity * tl.exp(
                 tl.where(multiplicity > 0, logits - lse[:, None],
                          _MASKED_LOGIT))
-            grad_probs = tl.dot(grad_out, v, input_precision=_DOT_PRECISION)
+            grad_probs = _matmul(grad_out, v)
             grad_logits = probs * (grad_probs - delta[:, None])
-            acc = tl.dot(grad_logits.to(k.dtype), tl.trans(k), acc,
-                         input_precision=_DOT_PRECISION)
+            acc = _matmul_add(grad_logits.to(k.dtype), tl.trans(k), acc)
         _store_query_grad(
             dq_ptr + _map_offset(batch_head, heads, stride_dqb, stride_dqh),
             acc * scale, stride_dqd, stride_dqy, stride_dqx, query_y,
@@ -425,7 +443,7 @@ def _grad_key_value_kernel(
         lse = tl.load(lse_ptr + stat_offsets, mask=query_valid, other=0.0)
         delta = tl.load(delta_ptr + stat_offsets, mask=query_valid,
                         other=0.0)
-        logits_t = tl.dot(k, q, input_precision=_DOT_PRECISION) * scale
+        logits_t = _matmul(k, q) * scale
         multiplicity_t = _window_multiplicity(
             query_y[None, :], query_x[None, :], key_y[:, None],
             key_x[:, None], key_valid[:, None] & query_valid[None, :],
@@ -433,12 +451,12 @@ def _grad_key_value_kernel(
         probs_t = multiplicity_t * tl.exp(
             tl.where(multiplicity_t > 0, logits_t - lse[None, :],
                      _MASKED_LOGIT))
-        grad_v = tl.dot(probs_t.to(grad_out.dtype), tl.trans(grad_out),
-                        grad_v, input_precision=_DOT_PRECISION)
-        grad_probs_t = tl.dot(v, grad_out, input_precision=_DOT_PRECISION)
+        grad_v = _matmul_add(probs_t.to(grad_out.dtype),
+                             tl.trans(grad_out), grad_v)
+        grad_probs_t = _matmul(v, grad_out)
         grad_logits_t = probs_t * (grad_probs_t - delta[None, :])
-        grad_k = tl.dot(grad_logits_t.to(q.dtype), tl.trans(q), grad_k,
-                        input_precision=_DOT_PRECISION)
+        grad_k = _matmul_add(grad_logits_t.to(q.dtype), tl.trans(q),
+                             grad_k)
 
     _store_channel_major(
         dk_ptr + _map_offset(batch_head, heads, stride_dkb, stride_dkh),
@@ -449,28 +467,6 @@ def _grad_key_value_kernel(
         grad_v, stride_dvd, key_y * stride_dvy + key_x * stride_dvx,
         key_valid, HEAD_DIM, BLOCK_D)
 
-
-# (num_warps, num_stages) candidates of the autotuner.
-TUNING_CONFIGS = ((4, 1), (4, 2), (8, 1), (8, 2))
-
-
-def _tuned(kernel, extra_key=()):
-    """Autotune ``kernel``'s warps and pipeline stages on GPUs, keyed only
-    by (head dim, kernel size, stride, *extra_key) and the dtypes; the
-    interpreter runs it as is."""
-    if interpreter_active():
-        return kernel
-    configs = [
-        triton.Config({}, num_warps=warps, num_stages=stages)
-        for warps, stages in TUNING_CONFIGS
-    ]
-    key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *extra_key]
-    return triton.autotune(configs, key=key)(kernel)
-
-
-_forward = _tuned(_forward_kernel)
-_grad_query = _tuned(_grad_query_kernel, extra_key=['COMPUTE_GRAD_Q'])
-_grad_key_value = _tuned(_grad_key_value_kernel)
 
 # ----------------------------------------------------------------------------
 # Launchers
@@ -565,6 +561,115 @@ KERNELS = {
     'grad_key_value': KernelSpec(_grad_key_value_kernel, key_tiling, {}),
 }
 
+# (num_warps, num_stages) candidates of the autotuner.
+TUNING_CONFIGS = ((4, 1), (4, 2), (8, 1), (8, 2))
+# 'W,S' pins the kernels to the tuning config (W, S): no autotuning, e.g. for
+# a test run that compiles every variant once instead of once per config.
+TUNING_CONFIG_ENV = 'ACMIX_TUNING_CONFIG'
+
+
+def _autotuned(spec: KernelSpec):
+    """``spec.kernel`` autotuned over TUNING_CONFIGS on GPUs, keyed only by
+    (head dim, kernel size, stride, its extra constexprs) and the dtypes;
+    the interpreter runs the kernel as is."""
+    if interpreter_active():
+        return spec.kernel
+    configs = [
+        triton.Config({}, num_warps=warps, num_stages=stages)
+        for warps, stages in TUNING_CONFIGS
+    ]
+    key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *spec.extra_meta]
+    return triton.autotune(configs, key=key)(spec.kernel)
+
+
+_AUTOTUNED = {name: _autotuned(spec) for name, spec in KERNELS.items()}
+# The tuning config each kernel last ran with (None: interpreter).
+_LAST_CONFIGS: Dict[str, Optional[Tuple[int, int]]] = {}
+
+
+def pinned_tuning_config() -> Optional[Tuple[int, int]]:
+    """The (num_warps, num_stages) that ``ACMIX_TUNING_CONFIG`` pins, or
+    None (autotune)."""
+    text = os.environ.get(TUNING_CONFIG_ENV, '').strip()
+    if not text:
+        return None
+    try:
+        config = tuple(int(part) for part in text.split(','))
+    except ValueError:
+        config = None
+    if config not in TUNING_CONFIGS:
+        choices = ', '.join(f"'{w},{s}'" for w, s in TUNING_CONFIGS)
+        raise ValueError(f'{TUNING_CONFIG_ENV} must be one of {choices} '
+                         f'(num_warps,num_stages), got {text!r}')
+    return config
+
+
+def last_tuning_configs() -> Dict[str, Optional[Tuple[int, int]]]:
+    """(num_warps, num_stages) each kernel ran with at its last launch (the
+    autotuner's choice unless pinned); None under the interpreter."""
+    return dict(_LAST_CONFIGS)
+
+
+class KernelError(RuntimeError):
+    """A fused kernel failed to compile or launch (out of memory aside).
+
+    ``variant`` names the compiled variant (see :func:`variant_key`), so
+    that callers can stop trying it.
+    """
+
+    def __init__(self, message: str, variant: tuple) -> None:
+        super().__init__(message)
+        self.variant = variant
+
+
+def _variant(q: Tensor, meta: dict) -> tuple:
+    """Device, dtype and the shape constexprs (:func:`shape_meta`): what
+    selects the compiled kernels."""
+    return (str(q.device), q.dtype, meta['HEAD_DIM'], meta['KERNEL_SIZE'],
+            meta['STRIDE'], meta['SMALL_MAP'])
+
+
+def variant_key(q: Tensor, kernel_size: int, stride: int) -> tuple:
+    """The compiled variant (B, heads, D, H, W) inputs ``q`` would use, as
+    in :attr:`KernelError.variant`."""
+    return _variant(q, _shape_meta(q, kernel_size, stride))
+
+
+def _launch(name: str, q: Tensor, grid: tuple, *args,
+            config: Optional[Tuple[int, int]] = None, **meta) -> None:
+    """Launch kernel ``name`` on ``q``'s device with ``config`` (num_warps,
+    num_stages), else the pinned config, else the autotuner's choice.
+
+    Raises:
+        KernelError: the kernel failed to compile or launch; a CUDA
+            out-of-memory error passes through unchanged.
+    """
+    config = config or pinned_tuning_config()
+    try:
+        with _device_guard(q):
+            if config is None:
+                kernel = _AUTOTUNED[name]
+                kernel[grid](*args, **meta)
+                best = getattr(kernel, 'best_config', None)
+                _LAST_CONFIGS[name] = best and (best.num_warps,
+                                                best.num_stages)
+            else:
+                KERNELS[name].kernel[grid](*args, **meta,
+                                           num_warps=config[0],
+                                           num_stages=config[1])
+                _LAST_CONFIGS[name] = config
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as error:
+        device = torch.cuda.get_device_name(q.device) if q.is_cuda \
+            else str(q.device)
+        raise KernelError(
+            f'the fused {name} kernel failed to compile or launch on '
+            f'{device} (Triton {triton.__version__}; {q.dtype}, head_dim '
+            f'{meta["HEAD_DIM"]}, kernel_size {meta["KERNEL_SIZE"]}, stride '
+            f'{meta["STRIDE"]}): {type(error).__name__}: {error}',
+            _variant(q, meta)) from error
+
 
 def _strides(tensor: Tensor) -> Tuple[int, ...]:
     """The 5 strides of a (B, heads, D, H, W) tensor, in elements."""
@@ -647,9 +752,10 @@ def _tile_count(rows: int, cols: int, tiling: Tiling) -> int:
             * triton.cdiv(cols, tiling.block_w))
 
 
-def local_attention_forward(q: Tensor, k: Tensor, v: Tensor,
-                            kernel_size: int, stride: int = 1,
-                            scale: float = 1.0) -> Tuple[Tensor, Tensor]:
+def local_attention_forward(
+        q: Tensor, k: Tensor, v: Tensor, kernel_size: int, stride: int = 1,
+        scale: float = 1.0, config: Optional[Tuple[int, int]] = None
+) -> Tuple[Tensor, Tensor]:
     """Fused forward of the local attention.
 
     Args:
@@ -657,10 +763,16 @@ def local_attention_forward(q: Tensor, k: Tensor, v: Tensor,
         kernel_size: window size (3, 5 or 7).
         stride: query stride (1 or 2).
         scale: factor applied to the logits q . k.
+        config: (num_warps, num_stages) to launch with instead of the
+            pinned or autotuned config.
 
     Returns:
         out: (B, heads, D, ceil(H / stride), ceil(W / stride)), v's dtype.
         lse: (B * heads, Hq, Wq) float32 log-sum-exp of the weighted logits.
+
+    Raises:
+        ValueError: unsupported inputs (:func:`check_inputs`).
+        KernelError: the kernel failed to compile or launch.
     """
     check_inputs(q, k, v, kernel_size, stride)
     batch, heads, head_dim, height, width = q.shape
@@ -674,19 +786,18 @@ def local_attention_forward(q: Tensor, k: Tensor, v: Tensor,
         return out, lse
     tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
     grid = (batch * heads * _tile_count(out_height, out_width, tiling),)
-    with _device_guard(q):
-        _forward[grid](
-            q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v),
-            *_strides(out), heads, height, width, out_height, out_width,
-            float(scale), **_shape_meta(q, kernel_size, stride),
-            **tiling.as_meta())
+    _launch('forward', q, grid, q, k, v, out, lse, *_strides(q),
+            *_strides(k), *_strides(v), *_strides(out), heads, height, width,
+            out_height, out_width, float(scale), config=config,
+            **_shape_meta(q, kernel_size, stride), **tiling.as_meta())
     return out, lse
 
 
 def local_attention_backward(
         grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
         lse: Tensor, kernel_size: int, stride: int, scale: float,
-        need_grad_q: bool = True, need_grad_kv: bool = True
+        need_grad_q: bool = True, need_grad_kv: bool = True,
+        config: Optional[Tuple[int, int]] = None
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Fused, deterministic backward of :func:`local_attention_forward`.
 
@@ -697,10 +808,14 @@ def local_attention_backward(
         kernel_size, stride, scale: the forward's arguments.
         need_grad_q: compute dQ.
         need_grad_kv: compute dK and dV.
+        config: as in :func:`local_attention_forward`, for both kernels.
 
     Returns:
         (dq, dk, dv): contiguous (B, heads, D, H, W) in q's dtype; None where
         not requested.
+
+    Raises:
+        KernelError: a kernel failed to compile or launch.
     """
     batch, heads, head_dim, height, width = q.shape
     out_height, out_width = out.shape[-2:]
@@ -718,23 +833,21 @@ def local_attention_backward(
     common = _shape_meta(q, kernel_size, stride)
     sizes = (heads, height, width, out_height, out_width, float(scale))
     delta = torch.empty_like(lse)
-    with _device_guard(q):
-        tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
-        grid = (maps * _tile_count(out_height, out_width, tiling),)
-        # Without dQ the kernel only writes delta: any pointer stands in.
-        dq_target = grad_q if need_grad_q else delta
-        dq_strides = _strides(grad_q) if need_grad_q else (0,) * 5
-        _grad_query[grid](
-            q, k, v, out, grad_out, lse, delta, dq_target, *_strides(q),
-            *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
-            *dq_strides, *sizes, **common, **tiling.as_meta(),
+    tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
+    grid = (maps * _tile_count(out_height, out_width, tiling),)
+    # Without dQ the kernel only writes delta: any pointer stands in.
+    dq_target = grad_q if need_grad_q else delta
+    dq_strides = _strides(grad_q) if need_grad_q else (0,) * 5
+    _launch('grad_query', q, grid, q, k, v, out, grad_out, lse, delta,
+            dq_target, *_strides(q), *_strides(k), *_strides(v),
+            *_strides(out), *_strides(grad_out), *dq_strides, *sizes,
+            config=config, **common, **tiling.as_meta(),
             COMPUTE_GRAD_Q=need_grad_q)
-        if need_grad_kv:
-            tiling = key_tiling(kernel_size, stride, head_dim, q.dtype)
-            grid = (maps * _tile_count(height, width, tiling),)
-            _grad_key_value[grid](
-                q, k, v, grad_out, lse, delta, grad_k, grad_v, *_strides(q),
-                *_strides(k), *_strides(v), *_strides(grad_out),
-                *_strides(grad_k), *_strides(grad_v), *sizes, **common,
-                **tiling.as_meta())
+    if need_grad_kv:
+        tiling = key_tiling(kernel_size, stride, head_dim, q.dtype)
+        grid = (maps * _tile_count(height, width, tiling),)
+        _launch('grad_key_value', q, grid, q, k, v, grad_out, lse, delta,
+                grad_k, grad_v, *_strides(q), *_strides(k), *_strides(v),
+                *_strides(grad_out), *_strides(grad_k), *_strides(grad_v),
+                *sizes, config=config, **common, **tiling.as_meta())
     return grad_q, grad_k, grad_v
