@@ -111,11 +111,13 @@ class ACmix(BaseModule):
         height, width = x.shape[-2:]
         grid = position_grid(height, width, qkv.dtype, qkv.device)
         keys = k - self.conv_p(grid).to(qkv.dtype).unsqueeze(1)
-        impl = resolve_attn_impl(self.attn_impl, q, keys, v, self.kernel_att,
-                                 self.stride)
         out_att = local_attention(q, keys, v, self.kernel_att, self.stride,
-                                  self.head_dim**-0.5, impl).flatten(1, 2)
-        if impl == 'fused':
+                                  self.head_dim**-0.5,
+                                  self.attn_impl).flatten(1, 2)
+        # The folded convolution path (exact, faster) goes with the fused
+        # attention; the reference computes it as written.
+        if resolve_attn_impl(self.attn_impl, q, keys, v, self.kernel_att,
+                             self.stride) == 'fused':
             weight = fold_conv_path_weight(self.fc.weight,
                                            self.dep_conv.weight)
             out_conv = folded_conv_path(
