@@ -1,9 +1,10 @@
 """ACmix backbones (ResNet-ACmix, Swin-ACmix) for mmdetection and mmsegmentation.
 
-Importing the package registers its models in the ``acmix_mm`` registry scope,
-so configs can refer to them as ``type='acmix_mm.ACmixResNet'``.
+Importing the package imports nothing from OpenMMLab, so ``acmix_mm.ops`` (the
+ACmix operators) works with only torch installed. The models register in the
+``acmix_mm`` registry scope when ``acmix_mm.models`` is imported, which
+mmengine does on first use of a ``type='acmix_mm.ACmixResNet'``-style name.
 """
 from .version import __version__
-from . import models  # noqa: F401  (registers the models)
 
 __all__ = ['__version__']

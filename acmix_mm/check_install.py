@@ -1,0 +1,273 @@
+"""Check an acmix_mm installation.
+
+    python -m acmix_mm.check_install [--ops-only]
+
+Prints the versions of torch, CUDA, Triton, mmengine, mmcv (and whether its
+ops were compiled with CUDA), mmdet and mmseg; which attention
+implementations can run here and, for each that cannot, why; then runs
+checks: the reference op, on a GPU the fused op against the reference
+(forward and backward, float32 and bfloat16), and both backbones built from
+the mmdet and mmseg registries. Exit status 1 if a check fails; checks that
+cannot run here (the GPU ones on a CPU-only machine) are skipped.
+``--ops-only`` checks only what ``acmix_mm.ops`` needs (torch, Triton), for
+environments without OpenMMLab.
+"""
+import argparse
+import importlib
+import importlib.util
+import platform
+import sys
+from typing import Callable, List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from acmix_mm.ops.dispatch import triton_unavailable_reason
+from acmix_mm.ops.local_attention_ref import local_attention_reference
+from acmix_mm.version import __version__
+
+OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg')
+# Fused op check: (B, heads, D, H, W) q, k, v, 7x7 window, strides 1 and 2.
+FUSED_SHAPE = (2, 2, 16, 23, 29)
+KERNEL_SIZE = 7
+# float32 (3xTF32 or exact dots): error per unit of the result's magnitude.
+FLOAT32_TOLERANCE = 1e-4
+# bfloat16: the fused op may be at most this many times less accurate than
+# the reference computed in bfloat16 (both against float64).
+BFLOAT16_FACTOR = 2.0
+
+
+class Check(NamedTuple):
+    """One line of the report: status is PASS, FAIL or SKIP."""
+    status: str
+    name: str
+    detail: str = ''
+
+
+def module_version(name: str) -> Tuple[Optional[str], str]:
+    """(version, note) of an importable module; version None with the
+    reason if it is missing or fails to import."""
+    if importlib.util.find_spec(name) is None:
+        return None, 'not installed'
+    try:
+        module = importlib.import_module(name)
+    except Exception as error:  # installed but broken: report, don't crash
+        return None, f'fails to import: {type(error).__name__}: {error}'
+    return getattr(module, '__version__', 'unknown version'), ''
+
+
+def mmcv_ops_note() -> str:
+    """Whether mmcv's compiled ops exist and were built with CUDA."""
+    try:
+        from mmcv.ops import get_compiler_version, get_compiling_cuda_version
+        cuda = get_compiling_cuda_version()
+    except Exception as error:
+        return f'no compiled ops ({type(error).__name__}: {error})'
+    if cuda in ('', 'not available'):
+        return f'ops compiled without CUDA ({get_compiler_version()})'
+    return f'ops compiled with CUDA {cuda} ({get_compiler_version()})'
+
+
+def gpu_description() -> str:
+    """The GPUs torch sees, or why it sees none."""
+    if not torch.cuda.is_available():
+        build = f'CUDA {torch.version.cuda} build' if torch.version.cuda \
+            else 'CPU build'
+        return f'none (torch {torch.__version__} is a {build})'
+    names = []
+    for index in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(index)
+        names.append(f'{torch.cuda.get_device_name(index)} (sm_{major}{minor})')
+    return ', '.join(names)
+
+
+def environment_lines() -> List[Tuple[str, str]]:
+    """(name, description) of every component."""
+    cuda = f'CUDA {torch.version.cuda}' if torch.version.cuda else 'CPU build'
+    lines = [('acmix_mm', __version__),
+             ('Python', platform.python_version()),
+             ('torch', f'{torch.__version__} ({cuda})'),
+             ('GPU', gpu_description())]
+    for name in ('triton', ) + OPENMMLAB:
+        version, note = module_version(name)
+        text = version or note
+        if name == 'mmcv' and version:
+            text = f'{version}, {mmcv_ops_note()}'
+        lines.append((name, text))
+    return lines
+
+
+def backend_lines() -> List[Tuple[str, str]]:
+    """(attn_impl, whether it runs here and why not)."""
+    triton_reason = triton_unavailable_reason()
+    if triton_reason is None and not torch.cuda.is_available():
+        triton_reason = 'no CUDA GPU (the Triton kernels need CUDA tensors)'
+    fused = 'runs here' if triton_reason is None else \
+        f'cannot run here: {triton_reason}'
+    return [
+        ('reference', 'runs here (plain PyTorch, both layer flavours)'),
+        ('fused', f'ResNet-ACmix (Triton kernels): {fused}'),
+        ('', 'Swin-ACmix (scaled_dot_product_attention windows): runs here'),
+        ('auto', 'fused for CUDA tensors where it can run, else reference'),
+    ]
+
+
+def max_error(actual: Tensor, expected: Tensor) -> float:
+    """Largest absolute difference, in float64."""
+    return (actual.double() - expected.double()).abs().max().item()
+
+
+def outputs_and_grads(attention: Callable, q: Tensor, k: Tensor, v: Tensor,
+                      stride: int, grad_out: Tensor) -> List[Tensor]:
+    """[out, dq, dk, dv] of ``attention`` at q, k, v."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = attention(*leaves, KERNEL_SIZE, stride, 0.25)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+    return [out, *grads]
+
+
+def check_reference() -> Check:
+    """The reference op runs forward and backward on this machine."""
+    q, k, v = torch.randn(3, 1, 2, 16, 9, 11).unbind(0)
+    results = outputs_and_grads(local_attention_reference, q, k, v, 1,
+                                torch.randn(1, 2, 16, 9, 11))
+    finite = all(torch.isfinite(t).all() for t in results)
+    return Check('PASS' if finite else 'FAIL',
+                 'reference local attention, forward and backward',
+                 '' if finite else 'non-finite results')
+
+
+def check_fused(dtype: torch.dtype, stride: int) -> Check:
+    """Fused op vs the float64 reference on the GPU, forward and grads."""
+    name = f'fused vs reference, {str(dtype)[6:]}, stride {stride}'
+    if not torch.cuda.is_available():
+        return Check('SKIP', name, 'no CUDA GPU')
+    reason = triton_unavailable_reason()
+    if reason is not None:
+        return Check('FAIL', name, reason)
+    from acmix_mm.ops.local_attention_function import local_attention_fused
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, *FUSED_SHAPE, generator=generator).cuda()
+    out_shape = (*FUSED_SHAPE[:3], -(-FUSED_SHAPE[3] // stride),
+                 -(-FUSED_SHAPE[4] // stride))
+    grad_out = torch.randn(out_shape, generator=generator).cuda()
+    truth = outputs_and_grads(local_attention_reference, q.double(),
+                              k.double(), v.double(), stride, grad_out)
+    inputs = [t.to(dtype) for t in (q, k, v)]
+    try:
+        fused = outputs_and_grads(local_attention_fused, *inputs, stride,
+                                  grad_out)
+    except Exception as error:
+        return Check('FAIL', name, f'{type(error).__name__}: {error}')
+    errors = [max_error(a, b) for a, b in zip(fused, truth)]
+    if dtype == torch.float32:
+        limits = [FLOAT32_TOLERANCE * max(1., t.abs().max().item())
+                  for t in truth]
+    else:
+        rounded = outputs_and_grads(local_attention_reference, *inputs,
+                                    stride, grad_out)
+        limits = [BFLOAT16_FACTOR * max_error(a, b) + 1e-6
+                  for a, b in zip(rounded, truth)]
+    passed = all(e <= limit for e, limit in zip(errors, limits))
+    detail = ', '.join(f'{label} {e:.1e} (limit {limit:.1e})'
+                       for label, e, limit in zip(('out', 'dq', 'dk', 'dv'),
+                                                  errors, limits))
+    return Check('PASS' if passed else 'FAIL', name, f'max error: {detail}')
+
+
+def check_openmmlab() -> List[Check]:
+    """OpenMMLab imports, mmcv's CUDA ops on a GPU, and both backbones
+    built through the mmdet and mmseg registries."""
+    checks = []
+    for name in OPENMMLAB:
+        version, note = module_version(name)
+        if version is None:
+            checks.append(Check('FAIL', f'import {name}',
+                                f'{note}; the models and configs need it'))
+    if checks:
+        return checks
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda':
+        checks.append(check_mmcv_cuda_ops())
+    from mmengine.registry import DefaultScope
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    backbones = [
+        ('mmdet', MMDET_MODELS, dict(type='acmix_mm.ACmixResNet', depth=26)),
+        ('mmseg', MMSEG_MODELS,
+         dict(type='acmix_mm.ACmixSwinTransformer', embed_dims=32,
+              depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))),
+    ]
+    for scope, registry, cfg in backbones:
+        name = f'{scope} builds {cfg["type"]}, forward 1x3x64x64 on {device}'
+        try:
+            with DefaultScope.overwrite_default_scope(scope):
+                model = registry.build(cfg).to(device).eval()
+            with torch.no_grad():
+                outs = model(torch.randn(1, 3, 64, 64, device=device))
+            shapes = ' '.join('x'.join(map(str, o.shape[1:])) for o in outs)
+            checks.append(Check('PASS', name, f'features {shapes}'))
+        except Exception as error:
+            checks.append(Check('FAIL', name,
+                                f'{type(error).__name__}: {error}'))
+    return checks
+
+
+def check_mmcv_cuda_ops() -> Check:
+    """mmcv's compiled ops run on the GPU (Mask R-CNN needs them)."""
+    name = "mmcv's ops on the GPU (nms)"
+    try:
+        from mmcv.ops import nms
+        boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.],
+                              [20., 20., 30., 30.]], device='cuda')
+        _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7], device='cuda'),
+                      0.5)
+    except Exception as error:
+        return Check('FAIL', name, f'{type(error).__name__}: {error}; '
+                     'rebuild mmcv with FORCE_CUDA=1 MMCV_WITH_OPS=1 (see '
+                     'the README) or install its prebuilt CUDA wheel')
+    ok = keep.tolist() == [0, 2]
+    return Check('PASS' if ok else 'FAIL', name,
+                 '' if ok else f'kept {keep.tolist()}, expected [0, 2]')
+
+
+def run_checks(ops_only: bool) -> List[Check]:
+    checks = [check_reference()]
+    checks += [check_fused(dtype, stride)
+               for dtype in (torch.float32, torch.bfloat16)
+               for stride in (1, 2)]
+    if not ops_only:
+        checks += check_openmmlab()
+    return checks
+
+
+def print_table(title: str, rows: List[Tuple[str, str]]) -> None:
+    print(f'\n{title}')
+    for name, text in rows:
+        print(f'  {name:<11} {text}')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog='python -m acmix_mm.check_install',
+        description='Check an acmix_mm installation.')
+    parser.add_argument('--ops-only', action='store_true',
+                        help='check only acmix_mm.ops (torch, Triton), not '
+                        'the OpenMMLab packages and models')
+    args = parser.parse_args(argv)
+    print_table('Environment', environment_lines())
+    print_table('Attention implementations (attn_impl)', backend_lines())
+    checks = run_checks(args.ops_only)
+    print('\nChecks')
+    for check in checks:
+        detail = f': {check.detail}' if check.detail else ''
+        print(f'  {check.status:<5} {check.name}{detail}')
+    failed = sum(check.status == 'FAIL' for check in checks)
+    skipped = sum(check.status == 'SKIP' for check in checks)
+    passed = len(checks) - failed - skipped
+    print(f'\n{passed} passed, {failed} failed, {skipped} skipped')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
