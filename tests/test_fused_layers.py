@@ -1,25 +1,37 @@
 """attn_impl='fused' against attn_impl='reference' for the layers and the
 backbones: same parameters, same results, forward and backward. Without a
-GPU the Triton kernels run in Triton's interpreter (tests/conftest.py)."""
+GPU the Triton kernels run in Triton's interpreter (tests/conftest.py).
+float32 comparisons run with TF32 off (cuDNN uses it by default on CUDA)."""
 import importlib.util
-import os
 import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from acmix_mm.models import ACmixResNet, ACmixSwinTransformer
 from acmix_mm.models.layers import ACmix, ShiftWindowACmix
 from acmix_mm.ops import local_attention, resolve_attn_impl
 from acmix_reference import randomize_
+from ddp_gradients import ddp_gradients_worker
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = 'cuda' if ON_CUDA else 'cpu'
 cuda_only = pytest.mark.skipif(not ON_CUDA, reason='needs a CUDA GPU')
 needs_triton = pytest.mark.skipif(importlib.util.find_spec('triton') is None,
                                   reason='needs Triton')
+
+
+@pytest.fixture(autouse=True)
+def float32_without_tf32():
+    """Exact float32 convolutions and matmuls, as on the CPU."""
+    flags = (torch.backends.cudnn.allow_tf32,
+             torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 \
+        = flags
 
 
 def fused_and_reference(module_cls, *args, **kwargs):
@@ -88,16 +100,39 @@ def test_auto_is_reference_on_cpu_and_fused_needs_supported_inputs():
         layer(torch.randn(1, 8, 6, 6))
 
 
+def max_errors(outs, grads, true_outs, true_grads):
+    """Largest absolute error of each output and gradient."""
+    return [(a.float() - b.float()).abs().max().item()
+            for a, b in zip(list(outs) + list(grads),
+                            list(true_outs) + list(true_grads))]
+
+
 @cuda_only
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float16,
-                                   torch.bfloat16])
-def test_resnet_backbone_fused_matches_reference_on_cuda(dtype):
+def test_resnet_backbone_fused_matches_reference_on_cuda():
     fused, reference = fused_and_reference(ACmixResNet, 26, norm_eval=True)
     images = torch.randn(2, 3, 97, 130, device=DEVICE)
-    tolerance = dict(atol=1e-4, rtol=1e-3) if dtype == torch.float32 else \
-        dict(atol=5e-2, rtol=5e-2)
-    with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
-        assert_same(fused, reference, images, **tolerance)
+    assert_same(fused, reference, images, atol=1e-4, rtol=1e-3)
+
+
+@cuda_only
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_resnet_backbone_fused_under_autocast_on_cuda(dtype):
+    """Under autocast the fused path is at most twice as far from the
+    float32 result as the reference path under the same autocast."""
+    fused, reference = fused_and_reference(ACmixResNet, 26, norm_eval=True)
+    images = torch.randn(2, 3, 97, 130, device=DEVICE)
+    truth = outputs_and_grads(reference, images)
+    with torch.autocast('cuda', dtype=dtype):
+        reference_errors = max_errors(*outputs_and_grads(reference, images),
+                                      *truth)
+        fused_errors = max_errors(*outputs_and_grads(fused, images), *truth)
+    names = ['out'] * len(truth[0]) + ['input'] + \
+        [n for n, _ in fused.named_parameters()]
+    for name, fused_error, reference_error in zip(names, fused_errors,
+                                                  reference_errors):
+        assert fused_error <= 2 * reference_error + 1e-6, \
+            f'{name}: fused {fused_error:.3g} vs reference ' \
+            f'{reference_error:.3g}'
 
 
 @cuda_only
@@ -117,35 +152,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ddp_worker(rank: int, port: int, state: dict, images: torch.Tensor,
-                results: dict) -> None:
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=2)
-    model = ACmixResNet(26, attn_impl='fused', norm_eval=True).cuda()
-    model.load_state_dict(state)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0])
-    shard = images[rank::2].cuda()
-    loss = sum(o.float().mean() for o in ddp(shard))
-    loss.backward()
-    if rank == 0:
-        results['grads'] = {n: p.grad.cpu()
-                            for n, p in model.named_parameters()}
-    dist.destroy_process_group()
-
-
-@cuda_only
-def test_two_process_ddp_on_one_gpu_matches_single_process():
-    model = randomize_(ACmixResNet(26, attn_impl='fused', norm_eval=True))
+@pytest.mark.parametrize('device', [
+    'cpu', pytest.param('cuda', marks=cuda_only)])
+def test_two_process_ddp_matches_single_process(device):
+    """attn_impl='auto' (fused on CUDA, reference on the CPU) under DDP with
+    2 spawned processes gives the gradients of one process."""
+    model = randomize_(ACmixResNet(26, norm_eval=True))
     images = torch.randn(4, 3, 64, 80)
     state = model.state_dict()
     results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(_free_port(), state, images, results),
-             nprocs=2, join=True)
+    mp.spawn(ddp_gradients_worker,
+             args=(_free_port(), device, state, images, results), nprocs=2,
+             join=True)
 
-    single = model.cuda()
+    single = model.to(device)
     # Each rank averages over its half: the DDP gradient is the mean of the
     # two half-batch gradients.
-    losses = [sum(o.float().mean() for o in single(images[r::2].cuda()))
+    losses = [sum(o.float().mean() for o in single(images[r::2].to(device)))
               for r in range(2)]
     (sum(losses) / 2).backward()
     for name, param in single.named_parameters():

@@ -62,6 +62,10 @@ HALF_SHAPES = [
     (1, 1, 128, 10, 9, 7, 1),
 ]
 LARGE_SHAPES = [
+    # ACmix-ResNet-50 stage 1 at COCO 800x1333 (batch 2) and ImageNet 224
+    # (batch 64).
+    (2, 4, 16, 200, 334, 7, 1),
+    (64, 4, 16, 56, 56, 7, 1),
     (2, 4, 32, 56, 56, 7, 1),
     (2, 4, 64, 33, 47, 5, 1),
     (2, 2, 128, 28, 28, 3, 1),
@@ -86,12 +90,11 @@ def reference_and_grads(q, k, v, kernel_size, stride, grad_out):
 
 
 def assert_close(actual, expected, dtype, name):
-    """Elementwise atol + rtol * |expected|; for half precision the atol
-    grows with the tensor's largest magnitude (sums over many rounded
-    products, e.g. dQ with head_dim 128)."""
+    """Elementwise atol + rtol * |expected|, atol scaled by the tensor's
+    largest magnitude: the errors of sums over many rounded products (e.g.
+    dQ with head_dim 128) grow with the values summed, in every dtype."""
     tolerance = dict(TOLERANCES[dtype])
-    if dtype != torch.float32:
-        tolerance['atol'] *= max(1.0, expected.abs().max().item())
+    tolerance['atol'] *= max(1.0, expected.abs().max().item())
     torch.testing.assert_close(actual.double(), expected, **tolerance,
                                msg=lambda m: f'{name}: {m}')
 
@@ -159,6 +162,29 @@ def test_large_maps_match_reference_on_cuda(shape, dtype):
     batch, heads, head_dim, height, width, kernel_size, stride = shape
     q, k, v = random_qkv(batch, heads, head_dim, height, width, dtype)
     check_against_reference(q, k, v, kernel_size, stride)
+
+
+@cuda_only
+@pytest.mark.parametrize('config', local_attention_triton.TUNING_CONFIGS,
+                         ids=str)
+def test_every_tuning_config_matches_reference(config):
+    """Each (num_warps, num_stages) the autotuner may pick, run explicitly
+    (the other tests may pin one with ACMIX_TUNING_CONFIG)."""
+    torch.manual_seed(13)
+    q, k, v = [t.detach() for t in random_qkv(2, 2, 32, 23, 29,
+                                               torch.bfloat16)]
+    out, lse = local_attention_triton.local_attention_forward(
+        q, k, v, 7, 1, SCALE, config=config)
+    grad_out = torch.randn(out.shape).to(out)
+    grads = local_attention_triton.local_attention_backward(
+        grad_out, q, k, v, out, lse, 7, 1, SCALE, config=config)
+    assert set(local_attention_triton.last_tuning_configs().values()) == \
+        {config}
+    expected_out, expected_grads = reference_and_grads(q, k, v, 7, 1,
+                                                       grad_out)
+    assert_close(out, expected_out, torch.bfloat16, 'out')
+    for name, grad, expected in zip('qkv', grads, expected_grads):
+        assert_close(grad, expected, torch.bfloat16, f'grad {name}')
 
 
 @pytest.mark.parametrize('stride', [1, 2])
