@@ -1,78 +1,344 @@
-"""Benchmark ACmix: the local-attention op and whole backbones, on a GPU.
+"""Benchmark ACmix: the local-attention op and whole models, on a GPU.
 
-Op level: the reference PyTorch op, the fused Triton op and torch's
-FlexAttention (compiled; the same math through a score modifier adding
-log(reflection multiplicity) and a block mask of the 7x7 window) at the
-ACmix-ResNet-50 layer shapes for ImageNet 224 (batch 64) and COCO 800x1333
-(batch 2): median forward and forward+backward time, peak memory, and
-achieved bytes/s against the roofline bound (q, k, v read once, the output
-and softmax statistics written once).
+Section ``op``: ACmix's local attention (4 heads, 7x7 window) at the shapes
+of ACmix-ResNet-50's ACmix layers for ImageNet 224 (batch 64) and COCO
+800x1333 (batch 2), by four implementations:
 
-Backbone level: train-step images/s and peak memory of ACmix-R50 and
-ACmix-Swin-T (fused and reference) beside mmdet's ResNet-50 and Swin-T, and
-the peak memory of one Mask R-CNN training step of ACmix-R50 vs ResNet-50,
-at 2x3x800x1333 with AMP.
+- ``fused``: acmix_mm's Triton kernels (``local_attention_fused``);
+- ``reference``: acmix_mm's PyTorch reference (``local_attention_reference``);
+- ``unfold``: the formulation of the original ACmix code, written here:
+  reflection padding, ``F.unfold`` of k, v and the positional term, float32
+  softmax over the window (it takes the raw keys and the positional term, the
+  others their difference; the results are equal);
+- ``flex``: torch's FlexAttention (compiled): a block mask of the window and a
+  score modifier adding log(reflection multiplicity).
 
-Writes ``<out-dir>/benchmark_acmix.json`` and ``benchmark_acmix.png`` and
-prints Markdown tables. ``--quick`` runs tiny shapes (also on the CPU) to
-check the script itself.
+Each (implementation, shape) row holds the median forward and
+forward+backward time, the peak memory of one call (above what was allocated
+before), the forward GB/s and its fraction of the HBM roofline (q, k, v read
+and the output written once), and the largest absolute error of the output
+(``max_error``) and of the gradients of q, k, v for a fixed random output
+gradient (``max_grad_error``) against the reference computed in float32.
+Fused rows add the CUDA time of each kernel (forward, dQ, dK/dV; from
+torch.profiler) and the (num_warps, num_stages) each kernel ran with. An
+error (out of memory, unsupported inputs, ...) is recorded in its row as
+``error`` and the run goes on.
+
+Section ``backbone``: train-step images/s and peak memory of ACmix-R50 and
+ACmix-Swin-T (fused and reference attention) beside mmdet's ResNet-50 and
+Swin-T, 2x3x800x1333 images, AMP. Section ``mask_rcnn``: the same for one
+Mask R-CNN training step of ACmix-R50 vs ResNet-50 (needs mmcv's compiled
+ops).
+
+Timing: on CUDA, CUDA events around each call. Before each call a 256 MiB
+buffer is overwritten (this empties the L2 cache) as many times as it takes
+the host to queue one call (measured on a warm-up call), so the GPU reaches
+the call only when all its kernels are queued: the time is the GPU's, not
+the launch overhead's, also for small shapes. On the CPU, perf_counter.
+Medians over ``--repeats`` calls after warm-up (which compiles and
+autotunes).
+
+Writes ``<out-dir>/benchmark_acmix.json`` (device, torch, Triton and CUDA
+versions, dtype, peak bandwidth, the rows of each section) and
+``benchmark_acmix.md`` (the tables, also printed at the end), both again
+after every row so that an interrupted run keeps its rows, and at the end
+``benchmark_acmix.png`` (needs matplotlib). ``--merge`` keeps the rows of
+the sections not run from the out-dir's JSON, so sections can run one at a
+time into one set of files.
 
 Usage:
     python tools/analysis_tools/benchmark_acmix.py --out-dir work_dirs/bench
+    python tools/analysis_tools/benchmark_acmix.py --sections op \\
+        --impls fused flex --shapes coco in224/stage1
+    python tools/analysis_tools/benchmark_acmix.py --quick
+
+``--quick`` runs tiny shapes and inputs with few repeats to check the script,
+also on the CPU; there the fused rows record that the kernels need CUDA
+tensors, and FlexAttention runs uncompiled (compiling takes minutes there)
+and forward only (torch has no CPU backward for it). The ``op`` section
+needs only torch (and Triton for ``fused``); the others need mmdet (and
+mmcv) as well. ``ACMIX_TUNING_CONFIG='4,2'`` pins the fused kernels' tuning
+config.
 """
 import argparse
+import functools
+import gc
+import inspect
 import json
 import math
 import os
 import os.path as osp
 import statistics
+import sys
 import time
-from typing import Callable, Dict, List, Optional
+import warnings
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from acmix_mm.ops import local_attention_reference
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+try:
+    import acmix_mm  # noqa: F401
+except ImportError:  # not installed: use the checkout this script is in
+    sys.path.insert(0, REPO)
+from acmix_mm.ops import local_attention_reference  # noqa: E402
 
-# (name, batch, channels, height, width, stride) at ACmix-ResNet-50's ACmix
-# layers: 4 heads, so head_dim = channels / 4.
+
+class OpShape(NamedTuple):
+    """Input of an ACmix layer's attention: B x C x H x W, query stride."""
+    name: str
+    batch: int
+    channels: int
+    height: int
+    width: int
+    stride: int
+
+
+# ACmix-ResNet-50's ACmix layers (stage2.0: the strided first block).
 IMAGENET_SHAPES = [
-    ('in224/stage1', 64, 64, 56, 56, 1),
-    ('in224/stage2.0', 64, 128, 56, 56, 2),
-    ('in224/stage2', 64, 128, 28, 28, 1),
-    ('in224/stage3', 64, 256, 14, 14, 1),
-    ('in224/stage4', 64, 512, 7, 7, 1),
+    OpShape('in224/stage1', 64, 64, 56, 56, 1),
+    OpShape('in224/stage2.0', 64, 128, 56, 56, 2),
+    OpShape('in224/stage2', 64, 128, 28, 28, 1),
+    OpShape('in224/stage3', 64, 256, 14, 14, 1),
+    OpShape('in224/stage4', 64, 512, 7, 7, 1),
 ]
 COCO_SHAPES = [
-    ('coco/stage1', 2, 64, 200, 334, 1),
-    ('coco/stage2.0', 2, 128, 200, 334, 2),
-    ('coco/stage2', 2, 128, 100, 167, 1),
-    ('coco/stage3', 2, 256, 50, 84, 1),
-    ('coco/stage4', 2, 512, 25, 42, 1),
+    OpShape('coco/stage1', 2, 64, 200, 334, 1),
+    OpShape('coco/stage2.0', 2, 128, 200, 334, 2),
+    OpShape('coco/stage2', 2, 128, 100, 167, 1),
+    OpShape('coco/stage3', 2, 256, 50, 84, 1),
+    OpShape('coco/stage4', 2, 512, 25, 42, 1),
 ]
-QUICK_SHAPES = [('quick/s1', 2, 16, 9, 11, 1), ('quick/s2', 2, 32, 8, 7, 2)]
+# Head dims 8 and 16; stride 2 with an odd side; a map smaller than the
+# window (reflection padding undefined: the unfold row records its error).
+QUICK_SHAPES = [
+    OpShape('quick/s1', 2, 32, 9, 11, 1),
+    OpShape('quick/s2', 1, 64, 8, 7, 2),
+    OpShape('quick/tiny', 1, 32, 3, 5, 1),
+]
 HEADS, KERNEL = 4, 7
-# Peak HBM bandwidth (bytes/s) by device name, for the roofline fraction.
-PEAK_BANDWIDTH = {'H100': 3.35e12, 'H200': 4.8e12, 'A100': 2.0e12}
+IMPLS = ('fused', 'reference', 'unfold', 'flex')
+SECTIONS = ('op', 'backbone', 'mask_rcnn')
+IMAGE_SIZE, QUICK_IMAGE_SIZE = (800, 1333), (64, 96)
+# Peak HBM bandwidth (bytes/s) by device name (first match), for the roofline.
+PEAK_BANDWIDTH = (('H100 PCIe', 2.0e12), ('H100', 3.35e12), ('H200', 4.8e12),
+                  ('A100', 2.0e12))
+# CUDA kernel names of the fused op, by last_tuning_configs() key.
+FUSED_KERNELS = {
+    'forward': '_forward_kernel',
+    'grad_query': '_grad_query_kernel',
+    'grad_key_value': '_grad_key_value_kernel',
+}
+PROFILE_ITERATIONS = 5
+# Called with each finished row of a section.
+Record = Callable[[dict], None]
+# Timing on CUDA: the buffer overwritten before each call, and the most
+# times it is overwritten to give the host a head start.
+L2_FLUSH_BYTES = 256 * 2**20
+MAX_FLUSHES = 200
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description='Benchmark the ACmix local-attention op and models.')
     parser.add_argument('--out-dir', default='work_dirs/benchmark_acmix')
-    parser.add_argument('--dtype', default='bfloat16',
-                        choices=['float16', 'bfloat16', 'float32'])
-    parser.add_argument('--repeats', type=int, default=20)
-    parser.add_argument('--sections', nargs='+', default=['op', 'backbone'],
-                        choices=['op', 'backbone'])
+    parser.add_argument('--dtype', choices=['float16', 'bfloat16', 'float32'],
+                        help='op dtype and AMP dtype (default: bfloat16 on '
+                        'CUDA, float32 on the CPU)')
+    parser.add_argument('--repeats', type=int, default=20,
+                        help='timed calls per measurement (median)')
+    parser.add_argument('--sections', nargs='+', choices=SECTIONS,
+                        default=list(SECTIONS))
+    parser.add_argument('--impls', nargs='+', choices=IMPLS,
+                        default=list(IMPLS), help='op implementations')
+    parser.add_argument('--shapes', nargs='+',
+                        help='op shapes by name (coco/stage1) or prefix '
+                        '(coco); default: all')
     parser.add_argument('--peak-bandwidth', type=float,
                         help='bytes/s (default: from the device name)')
     parser.add_argument('--quick', action='store_true',
                         help='tiny shapes, few repeats: checks the script')
-    return parser.parse_args()
+    parser.add_argument('--merge', action='store_true',
+                        help='keep the rows of the sections not run now '
+                        'from <out-dir>/benchmark_acmix.json (same device '
+                        'and dtype)')
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error('--repeats must be at least 1')
+    return args
+
+
+def select_shapes(shapes: Sequence[OpShape],
+                  patterns: Optional[Sequence[str]]) -> List[OpShape]:
+    """The shapes named by ``patterns`` (a name or a prefix such as 'coco');
+    all for None. Exits with the choices if a pattern matches none."""
+    if not patterns:
+        return list(shapes)
+
+    def matches(shape: OpShape, pattern: str) -> bool:
+        return (shape.name == pattern
+                or shape.name.startswith(pattern.rstrip('/') + '/'))
+
+    unknown = [p for p in patterns if not any(matches(s, p) for s in shapes)]
+    if unknown:
+        names = ', '.join(s.name for s in shapes)
+        raise SystemExit(f'error: --shapes {" ".join(unknown)} matches none '
+                         f'of: {names}')
+    return [s for s in shapes if any(matches(s, p) for p in patterns)]
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def describe(error: BaseException) -> str:
+    """'out of memory', or 'ExceptionType: first line of the message'."""
+    message = str(error).strip()
+    if (isinstance(error, torch.cuda.OutOfMemoryError)
+            or 'out of memory' in message.lower()):
+        return 'out of memory'
+    first_line = message.splitlines()[0] if message else ''
+    return f'{type(error).__name__}: {first_line}'.rstrip(': ')
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect garbage (e.g. tensors a caught error's frames held) and
+    return cached CUDA memory."""
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def median_ms(fn: Callable[[], object], device: torch.device,
+              repeats: int) -> float:
+    """Median milliseconds of ``fn`` over ``repeats`` calls after warm-up
+    (see the module docstring)."""
+    fn()  # compiles, autotunes
+    if device.type != 'cuda':
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+        return statistics.median(times) * 1e3
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+    torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    fn()
+    host_ms = (time.perf_counter() - begin) * 1e3
+    flush_ms = max(cuda_ms(flush.zero_, device), 1e-3)
+    flushes = min(MAX_FLUSHES, math.ceil(host_ms / flush_ms))
+    events = [(torch.cuda.Event(enable_timing=True),
+               torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    torch.cuda.synchronize(device)
+    for start, end in events:
+        for _ in range(flushes):
+            flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize(device)
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def cuda_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """CUDA milliseconds of one call of ``fn`` (which must not wait for the
+    GPU)."""
+    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+    torch.cuda.synchronize(device)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end)
+
+
+def peak_mib(fn: Callable[[], object],
+             device: torch.device) -> Optional[float]:
+    """Peak CUDA memory of one call of ``fn`` above what was allocated
+    before, in MiB (None on the CPU)."""
+    if device.type != 'cuda':
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def fused_kernel_ms(step: Callable[[], object],
+                    iterations: int) -> Dict[str, Optional[float]]:
+    """Mean CUDA milliseconds per call of each fused kernel over
+    ``iterations`` calls of ``step`` (None: the kernel did not run)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU,
+                             ProfilerActivity.CUDA]) as profiler:
+        for _ in range(iterations):
+            step()
+        torch.cuda.synchronize()
+    total_us = dict.fromkeys(FUSED_KERNELS, 0.0)
+    for event in profiler.events():
+        if event.device_type != DeviceType.CUDA:
+            continue
+        for name, symbol in FUSED_KERNELS.items():
+            if symbol in event.name:
+                total_us[name] += event.time_range.elapsed_us()
+    return {name: us / iterations / 1e3 if us else None
+            for name, us in total_us.items()}
+
+
+# ------------------------------------------------------ op implementations
+
+
+def local_attention_unfold(q: Tensor, k: Tensor, v: Tensor, pe: Tensor,
+                           kernel_size: int, stride: int,
+                           scale: float) -> Tensor:
+    """The local attention as the original ACmix code formulates it.
+
+    Reflection-pads and unfolds k, v and the positional term into
+    ``kernel_size ** 2`` shifted copies; logits q . (k + pe_query - pe_key),
+    float32 softmax over the window, weighted sum of the unfolded v.
+    Reflection padding needs every side > kernel_size // 2.
+
+    Args:
+        q, k, v: (B, heads, D, H, W); k without the positional term.
+        pe: (1, D, H, W) positional term, shared by batch items and heads.
+        kernel_size, stride, scale: as ``local_attention_reference``.
+
+    Returns:
+        Tensor: (B, heads, D, ceil(H / stride), ceil(W / stride)).
+    """
+    batch, heads, dim, height, width = q.shape
+    out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
+    pad, window = kernel_size // 2, kernel_size**2
+
+    def unfold(maps: Tensor) -> Tensor:
+        """(N, D, H, W) -> (N, D, window, out_h * out_w) reflected windows."""
+        padded = F.pad(maps, (pad, pad, pad, pad), mode='reflect')
+        columns = F.unfold(padded, kernel_size, stride=stride)
+        return columns.view(maps.shape[0], dim, window, out_h * out_w)
+
+    def queries(maps: Tensor) -> Tensor:
+        """(N, D, H, W) -> (N, D, 1, out_h * out_w) at the query pixels."""
+        return maps[..., ::stride, ::stride].reshape(maps.shape[0], dim, 1,
+                                                     out_h * out_w)
+
+    k_window = unfold(k.reshape(batch * heads, dim, height, width))
+    v_window = unfold(v.reshape(batch * heads, dim, height, width))
+    q_scaled = queries(q.reshape(batch * heads, dim, height, width) * scale)
+    logits = (q_scaled * (k_window + queries(pe) - unfold(pe))).sum(1)
+    weights = logits.softmax(1, dtype=torch.float32).to(v.dtype)
+    out = (weights.unsqueeze(1) * v_window).sum(2)
+    return out.view(batch, heads, dim, out_h, out_w)
 
 
 def reflect(positions: Tensor, size: int) -> Tensor:
-    """Reflection by repeated mirroring (see acmix_mm.ops.reflect_index)."""
+    """Reflection by repeated mirroring (period 2 * (size - 1); size 1 maps
+    every position to 0), as ``acmix_mm.ops.reflect_index``."""
     if size == 1:
         return torch.zeros_like(positions)
     period = 2 * (size - 1)
@@ -80,335 +346,573 @@ def reflect(positions: Tensor, size: int) -> Tensor:
     return torch.where(folded < size, folded, period - folded)
 
 
-def local_attention_flex(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
-                         stride: int, scale: float,
-                         attention: Optional[Callable] = None) -> Tensor:
-    """The ACmix local attention as FlexAttention over all key pixels.
+@functools.lru_cache(maxsize=None)
+def flex_attention_fn(compile: bool) -> Callable:
+    """torch's flex_attention, compiled once per process if ``compile``."""
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False) if compile \
+        else flex_attention
 
-    Each key's logit gets log(multiplicity): the number of window offsets
-    whose reflected position is that key (0 outside the window). Shapes as
-    ``local_attention_reference``.
+
+def create_block_mask(mask_mod: Callable, q_len: int, kv_len: int,
+                      device: torch.device, compile: bool):
+    """FlexAttention's block mask of ``mask_mod``, broadcast over batch and
+    heads; compiled if ``compile``, so the q_len x kv_len mask is never
+    materialised."""
+    from torch.nn.attention import flex_attention as flex
+    args = (mask_mod, None, None, q_len, kv_len)
+    if not compile:
+        return flex.create_block_mask(*args, device=device)
+    if '_compile' in inspect.signature(flex.create_block_mask).parameters:
+        with warnings.catch_warnings():  # newer torch deprecates _compile
+            warnings.simplefilter('ignore', DeprecationWarning)
+            return flex.create_block_mask(*args, device=device, _compile=True)
+    return torch.compile(flex.create_block_mask)(*args, device=device)
+
+
+def flex_local_attention(
+        height: int, width: int, kernel_size: int, stride: int,
+        device: torch.device,
+        compile: bool) -> Callable[[Tensor, Tensor, Tensor, float], Tensor]:
+    """The local attention on H x W maps through FlexAttention.
+
+    Every query attends to all key pixels; the block mask keeps the
+    kernel_size x kernel_size window around the query and the score modifier
+    adds log(multiplicity), the number of window offsets whose reflected
+    position is the key, so the result equals ``local_attention_reference``.
+    Builds the block mask now (outside any timed region).
+
+    Returns:
+        ``attention(q, k, v, scale)`` for (B, heads, D, H, W) q, k, v with
+        the positional term in k, like ``local_attention_reference``.
     """
-    from torch.nn.attention.flex_attention import (create_block_mask,
-                                                   flex_attention)
-    attention = attention or flex_attention
-    batch, heads, dim, height, width = k.shape
     out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
     half = kernel_size // 2
 
-    def tokens(t: Tensor) -> Tensor:
-        return t.flatten(3).transpose(2, 3)
+    def positions(q_idx: Tensor, kv_idx: Tensor) -> Tuple[Tensor, ...]:
+        """(query row, query col, key row, key col) of token indices."""
+        return (q_idx // out_w * stride, q_idx % out_w * stride,
+                kv_idx // width, kv_idx % width)
 
     def hits(query_pos: Tensor, key_pos: Tensor, size: int) -> Tensor:
+        """Window offsets along one axis whose reflection is ``key_pos``."""
         count = torch.zeros_like(key_pos)
         for offset in range(-half, half + 1):
             count = count + (reflect(query_pos + offset, size) == key_pos)
         return count
 
-    def positions(q_idx: Tensor, kv_idx: Tensor):
-        return (q_idx // out_w * stride, q_idx % out_w * stride,
-                kv_idx // width, kv_idx % width)
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        qy, qx, ky, kx = positions(q_idx, kv_idx)
-        multiplicity = hits(qy, ky, height) * hits(qx, kx, width)
+    def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor,
+                  kv_idx: Tensor) -> Tensor:
+        query_y, query_x, key_y, key_x = positions(q_idx, kv_idx)
+        multiplicity = hits(query_y, key_y, height) * hits(
+            query_x, key_x, width)
         return score + torch.log(multiplicity.to(score.dtype))
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        qy, qx, ky, kx = positions(q_idx, kv_idx)
-        return ((qy - ky).abs() <= half) & ((qx - kx).abs() <= half)
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor,
+                 kv_idx: Tensor) -> Tensor:
+        query_y, query_x, key_y, key_x = positions(q_idx, kv_idx)
+        return (((query_y - key_y).abs() <= half)
+                & ((query_x - key_x).abs() <= half))
 
-    block_mask = create_block_mask(mask_mod, None, None, out_h * out_w,
-                                   height * width, device=q.device)
-    out = attention(tokens(q[..., ::stride, ::stride]), tokens(k), tokens(v),
-                    score_mod=score_mod, block_mask=block_mask, scale=scale)
-    return out.transpose(2, 3).reshape(batch, heads, dim, out_h, out_w)
+    block_mask = create_block_mask(mask_mod, out_h * out_w, height * width,
+                                   device, compile)
+    attention = flex_attention_fn(compile)
 
+    def tokens(maps: Tensor) -> Tensor:
+        """(B, heads, D, h, w) -> (B, heads, h * w, D), contiguous."""
+        return maps.flatten(3).transpose(2, 3).contiguous()
 
-def synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+    def run(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        out = attention(tokens(q[..., ::stride, ::stride]), tokens(k),
+                        tokens(v), score_mod=score_mod,
+                        block_mask=block_mask, scale=scale)
+        return out.transpose(2, 3).reshape(*q.shape[:3], out_h, out_w)
 
-
-def measure(fn: Callable[[], None], device: torch.device,
-            repeats: int) -> Dict[str, float]:
-    """Median seconds of ``fn`` after two warm-up calls, and its peak memory
-    in bytes above what was allocated before (CUDA only)."""
-    for _ in range(2):
-        fn()
-    synchronize(device)
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) - base \
-        if device.type == 'cuda' else float('nan')
-    return dict(seconds=statistics.median(times), peak_bytes=peak)
+    return run
 
 
-def op_implementations(device: torch.device) -> Dict[str, Callable]:
-    impls = {'reference': local_attention_reference}
-    if device.type == 'cuda':
+# --------------------------------------------------------------- op section
+
+
+class OpInputs(NamedTuple):
+    """One shape's inputs in the benchmark dtype and the float32 truth."""
+    q: Tensor  # (B, heads, D, H, W); q, k, v, k_shifted require grad
+    k: Tensor  # raw keys (unfold)
+    v: Tensor
+    pe: Tensor  # (1, D, H, W) positional term
+    k_shifted: Tensor  # k - pe: the keys of the other implementations
+    grad_out: Tensor
+    out_truth: Tensor
+    grads_truth: Tuple[Tensor, ...]  # of q, k (= of k - pe), v
+    stride: int
+    scale: float
+
+
+def make_inputs(shape: OpShape, dtype: torch.dtype,
+                device: torch.device) -> OpInputs:
+    """Seeded random inputs in ``dtype``, and the truth: the reference in
+    float32 on those values (k - pe taken in float32)."""
+    head_dim = shape.channels // HEADS
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(shape.batch, HEADS, head_dim, shape.height,
+                           shape.width, device=device).to(dtype)
+               for _ in range(3))
+    pe = torch.randn(1, head_dim, shape.height, shape.width,
+                     device=device).to(dtype)
+    leaves = [t.detach().float().requires_grad_()
+              for t in (q, k.float() - pe.float()[:, None], v)]
+    scale = head_dim**-0.5
+    out_truth = local_attention_reference(*leaves, KERNEL, shape.stride,
+                                          scale)
+    grad_out = torch.randn_like(out_truth).to(dtype)
+    grads_truth = torch.autograd.grad(out_truth, leaves, grad_out.float())
+    k_shifted = leaves[1].detach().to(dtype)
+    return OpInputs(q.requires_grad_(), k.requires_grad_(),
+                    v.requires_grad_(), pe, k_shifted.requires_grad_(),
+                    grad_out, out_truth.detach(), grads_truth, shape.stride,
+                    scale)
+
+
+def prepare(impl: str, inputs: OpInputs, device: torch.device
+            ) -> Tuple[Callable[[], Tensor], Tuple[Tensor, ...]]:
+    """The forward call of ``impl`` on ``inputs`` and its differentiable
+    inputs (q, k, v: raw keys for 'unfold', k - pe for the others)."""
+    q, v, stride, scale = inputs.q, inputs.v, inputs.stride, inputs.scale
+    if impl == 'unfold':
+        k, pe = inputs.k, inputs.pe
+        return (lambda: local_attention_unfold(q, k, v, pe, KERNEL, stride,
+                                               scale)), (q, k, v)
+    k = inputs.k_shifted
+    if impl == 'flex':
+        flex = flex_local_attention(*q.shape[-2:], KERNEL, stride, device,
+                                    compile=device.type == 'cuda')
+        return (lambda: flex(q, k, v, scale)), (q, k, v)
+    if impl == 'fused':
         from acmix_mm.ops.local_attention_function import \
-            local_attention_fused
-        from torch.nn.attention.flex_attention import flex_attention
-        compiled = torch.compile(flex_attention, dynamic=False)
-        impls['fused'] = local_attention_fused
-        impls['flex'] = lambda *args: local_attention_flex(
-            *args, attention=compiled)
-    return impls
+            local_attention_fused as attention
+    else:
+        attention = local_attention_reference
+    return (lambda: attention(q, k, v, KERNEL, stride, scale)), (q, k, v)
+
+
+def max_abs_error(value: Tensor, truth: Tensor) -> float:
+    """max |value - truth| in float32; an error if the shapes differ."""
+    if value.shape != truth.shape:
+        raise ValueError(f'result shape {tuple(value.shape)}, expected '
+                         f'{tuple(truth.shape)}')
+    return (value.float() - truth).abs().max().item()
 
 
 def roofline_bytes(batch: int, channels: int, height: int, width: int,
                    stride: int, element_size: int) -> int:
+    """Least bytes a forward moves: q (at the query pixels), k, v read and
+    the output written once, plus one float32 statistic per query and
+    head."""
     out_pixels = math.ceil(height / stride) * math.ceil(width / stride)
     return (element_size * batch * channels *
             (2 * out_pixels + 2 * height * width) +
             4 * batch * HEADS * out_pixels)
 
 
-def benchmark_ops(shapes: List, dtype: torch.dtype, device: torch.device,
-                  repeats: int, bandwidth: float) -> List[dict]:
-    rows = []
-    impls = op_implementations(device)
-    for name, batch, channels, height, width, stride in shapes:
-        head_dim = channels // HEADS
-        scale = head_dim**-0.5
-        q, k, v = (torch.randn(batch, HEADS, head_dim, height, width,
-                               device=device, dtype=dtype,
-                               requires_grad=True) for _ in range(3))
-        grad = torch.randn_like(local_attention_reference(
-            q.detach(), k.detach(), v.detach(), KERNEL, stride, scale))
-        bytes_moved = roofline_bytes(batch, channels, height, width, stride,
-                                     q.element_size())
-        for impl, fn in impls.items():
-            row = dict(shape=name, impl=impl, batch=batch,
-                       channels=channels, height=height, width=width,
-                       stride=stride)
-            try:
-                with torch.no_grad():
-                    forward = measure(
-                        lambda: fn(q, k, v, KERNEL, stride, scale), device,
-                        repeats)
-                both = measure(
-                    lambda: torch.autograd.grad(
-                        fn(q, k, v, KERNEL, stride, scale), (q, k, v), grad),
-                    device, repeats)
-            except torch.cuda.OutOfMemoryError:
-                row.update(error='out of memory')
-                torch.cuda.empty_cache()
+def op_row(shape: OpShape, impl: str, dtype: torch.dtype) -> dict:
+    """The description part of an op row."""
+    return dict(shape=shape.name, impl=impl, batch=shape.batch,
+                channels=shape.channels, heads=HEADS,
+                head_dim=shape.channels // HEADS, height=shape.height,
+                width=shape.width, stride=shape.stride,
+                dtype=str(dtype).replace('torch.', ''))
+
+
+def benchmark_op(impl: str, shape: OpShape, inputs: OpInputs,
+                 device: torch.device, repeats: int,
+                 bandwidth: Optional[float]) -> dict:
+    """One op row: errors, times and memory of ``impl`` at ``shape``, as far
+    as it got before an error."""
+    row = op_row(shape, impl, inputs.q.dtype)
+    if impl == 'flex':
+        row['compiled'] = device.type == 'cuda'
+    try:
+        forward, leaves = prepare(impl, inputs, device)
+        with torch.no_grad():
+            row['max_error'] = max_abs_error(forward(), inputs.out_truth)
+            row['forward_ms'] = median_ms(forward, device, repeats)
+            row['forward_peak_mib'] = peak_mib(forward, device)
+
+        def step() -> Tuple[Tensor, ...]:
+            return torch.autograd.grad(forward(), leaves, inputs.grad_out)
+
+        row['max_grad_error'] = max(
+            map(max_abs_error, step(), inputs.grads_truth))
+        row['forward_backward_ms'] = median_ms(step, device, repeats)
+        row['peak_mib'] = peak_mib(step, device)
+        if impl == 'fused' and device.type == 'cuda':
+            from acmix_mm.ops.local_attention_triton import \
+                last_tuning_configs
+            row['tuning_configs'] = last_tuning_configs()
+            row['kernel_ms'] = fused_kernel_ms(
+                step, min(repeats, PROFILE_ITERATIONS))
+    except Exception as error:
+        row['error'] = describe(error)
+    free_memory(device)
+    if 'forward_ms' in row:
+        moved = roofline_bytes(shape.batch, shape.channels, shape.height,
+                               shape.width, shape.stride,
+                               inputs.q.element_size())
+        rate = moved / row['forward_ms'] * 1e3  # bytes/s
+        row['forward_gbps'] = rate / 1e9
+        row['roofline_fraction'] = rate / bandwidth if bandwidth else None
+    return row
+
+
+def benchmark_ops(shapes: Sequence[OpShape], impls: Sequence[str],
+                  dtype: torch.dtype, device: torch.device, repeats: int,
+                  bandwidth: Optional[float], record: Record) -> None:
+    """Record the row of every (shape, implementation)."""
+    for shape in shapes:
+        if 'flex' in impls:  # recompiles per shape never hit the limit
+            import torch._dynamo
+            torch._dynamo.reset()
+        try:
+            inputs = make_inputs(shape, dtype, device)
+        except Exception as error:
+            inputs, failure = None, f'inputs: {describe(error)}'
+        for impl in impls:
+            if inputs is None:
+                row = dict(op_row(shape, impl, dtype), error=failure)
             else:
-                row.update(
-                    forward_ms=forward['seconds'] * 1e3,
-                    forward_backward_ms=both['seconds'] * 1e3,
-                    peak_mib=both['peak_bytes'] / 2**20,
-                    forward_gbps=bytes_moved / forward['seconds'] / 1e9,
-                    roofline_fraction=bytes_moved / forward['seconds'] /
-                    bandwidth)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    return rows
+                row = benchmark_op(impl, shape, inputs, device, repeats,
+                                   bandwidth)
+            record(row)
+        del inputs
+        free_memory(device)
 
 
-def build_backbones(quick: bool) -> Dict[str, Callable]:
-    from mmdet.models.backbones import ResNet, SwinTransformer
+# ------------------------------------------------ backbone and Mask R-CNN
 
-    from acmix_mm.models import ACmixResNet, ACmixSwinTransformer
+
+def measure_train_step(row: dict, make_step: Callable[[], Callable[[],
+                                                                   object]],
+                       images: int, device: torch.device,
+                       repeats: int) -> dict:
+    """Fill ``row`` with images/s, step ms and peak MiB of the training step
+    ``make_step`` builds, or the error of building or running it."""
+    try:
+        step = make_step()
+        row['step_ms'] = median_ms(step, device, repeats)
+        row['images_per_s'] = images / row['step_ms'] * 1e3
+        row['peak_mib'] = peak_mib(step, device)
+    except Exception as error:
+        row['error'] = describe(error)
+    free_memory(device)
+    return row
+
+
+def backbone_builders(quick: bool) -> Dict[str, Callable[[],
+                                                         torch.nn.Module]]:
+    """Model name -> builder (one Swin block per stage if ``quick``)."""
     swin = dict(depths=(1, 1, 1, 1)) if quick else {}
+
+    def resnet() -> torch.nn.Module:
+        from mmdet.models.backbones import ResNet
+        return ResNet(50)
+
+    def swin_t() -> torch.nn.Module:
+        from mmdet.models.backbones import SwinTransformer
+        return SwinTransformer(**swin)
+
+    def acmix_resnet(attn_impl: str) -> torch.nn.Module:
+        from acmix_mm.models import ACmixResNet
+        return ACmixResNet(50, attn_impl=attn_impl)
+
+    def acmix_swin(attn_impl: str) -> torch.nn.Module:
+        from acmix_mm.models import ACmixSwinTransformer
+        return ACmixSwinTransformer(attn_impl=attn_impl, **swin)
+
     return {
-        'ResNet-50 (mmdet)': lambda: ResNet(50),
-        'ACmix-R50 fused': lambda: ACmixResNet(50, attn_impl='fused'),
-        'ACmix-R50 reference': lambda: ACmixResNet(50,
-                                                   attn_impl='reference'),
-        'Swin-T (mmdet)': lambda: SwinTransformer(**swin),
-        'ACmix-Swin-T fused': lambda: ACmixSwinTransformer(
-            attn_impl='fused', **swin),
-        'ACmix-Swin-T reference': lambda: ACmixSwinTransformer(
-            attn_impl='reference', **swin),
+        'ResNet-50 (mmdet)': resnet,
+        'ACmix-R50 fused': functools.partial(acmix_resnet, 'fused'),
+        'ACmix-R50 reference': functools.partial(acmix_resnet, 'reference'),
+        'Swin-T (mmdet)': swin_t,
+        'ACmix-Swin-T fused': functools.partial(acmix_swin, 'fused'),
+        'ACmix-Swin-T reference': functools.partial(acmix_swin, 'reference'),
     }
-
-
-def train_step(model: torch.nn.Module, images: Tensor,
-               amp_dtype: torch.dtype) -> Callable[[], None]:
-
-    def step() -> None:
-        with torch.autocast(images.device.type, dtype=amp_dtype,
-                            enabled=amp_dtype != torch.float32):
-            outs = model(images)
-        sum(o.float().mean() for o in outs).backward()
-
-    return step
 
 
 def benchmark_backbones(dtype: torch.dtype, device: torch.device,
-                        repeats: int, quick: bool) -> List[dict]:
-    rows = []
-    shape = (2, 3, 64, 96) if quick else (2, 3, 800, 1333)
-    images = torch.randn(*shape, device=device)
-    for name, build in build_backbones(quick).items():
-        if name == 'ACmix-R50 fused' and device.type != 'cuda':
-            continue  # the Triton kernels need CUDA
+                        repeats: int, quick: bool, record: Record) -> None:
+    """Record the train-step row (forward, backward of the mean of the
+    outputs) of each backbone on 2 images, with autocast to ``dtype``."""
+    size = QUICK_IMAGE_SIZE if quick else IMAGE_SIZE
+    images = torch.randn(2, 3, *size, device=device)
+
+    def make_step(build: Callable[[], torch.nn.Module]
+                  ) -> Callable[[], None]:
         model = build().to(device)
-        model.train()  # mmdet's ResNet.train returns None
-        row = dict(model=name, input='x'.join(map(str, shape)))
-        try:
-            result = measure(train_step(model, images, dtype), device,
-                             repeats)
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
-            if 'out of memory' not in str(error).lower():
-                raise
-            row.update(error='out of memory')
-        else:
-            row.update(images_per_s=shape[0] / result['seconds'],
-                       peak_mib=result['peak_bytes'] / 2**20)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        del model
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
-    rows.extend(benchmark_mask_rcnn(dtype, device, repeats, quick))
-    return rows
+        model.train()
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=dtype,
+                                enabled=dtype != torch.float32):
+                outs = model(images)
+            sum(out.float().mean() for out in outs).backward()
+
+        return step
+
+    for name, build in backbone_builders(quick).items():
+        record(
+            measure_train_step(
+                dict(model=name, input=f'2x3x{size[0]}x{size[1]}'),
+                functools.partial(make_step, build), 2, device, repeats))
 
 
 def benchmark_mask_rcnn(dtype: torch.dtype, device: torch.device,
-                        repeats: int, quick: bool) -> List[dict]:
-    """Peak memory of one Mask R-CNN train step, 2 images, with AMP."""
-    from mmengine.config import Config
-    from mmengine.hub import get_config
-    from mmengine.optim import build_optim_wrapper
-
-    from acmix_mm.testing import build_model, synthetic_batch
-    repo = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+                        repeats: int, quick: bool, record: Record) -> None:
+    """Record the rows of one Mask R-CNN training step (2 images, AMP on
+    CUDA) with mmdet's ResNet-50 and with ACmix-R50 (attn_impl 'auto')."""
     configs = {
-        'Mask R-CNN R-50 (mmdet)': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
-        'Mask R-CNN ACmix-R50': osp.join(
-            repo, 'configs/acmix_resnet/mask-rcnn_acmix-r50_fpn_1x_coco.py'),
+        'Mask R-CNN R-50 (mmdet)':
+        'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+        'Mask R-CNN ACmix-R50':
+        osp.join(REPO,
+                 'configs/acmix_resnet/mask-rcnn_acmix-r50_fpn_1x_coco.py'),
     }
-    size = (64, 96) if quick else (800, 1333)
-    rows = []
-    for name, path in configs.items():
+    size = QUICK_IMAGE_SIZE if quick else IMAGE_SIZE
+
+    def make_step(path: str) -> Callable[[], object]:
+        from mmengine.config import Config
+        from mmengine.hub import get_config
+        from mmengine.optim import build_optim_wrapper
+
+        from acmix_mm.testing import build_model, synthetic_batch
         cfg = get_config(path) if '::' in path else Config.fromfile(path)
         cfg.model.backbone.init_cfg = None
         model = build_model(cfg).to(device)
         optim = dict(cfg.optim_wrapper)
-        if device.type == 'cuda':
+        if device.type == 'cuda' and dtype != torch.float32:
             optim.update(type='AmpOptimWrapper', dtype=dtype)
         wrapper = build_optim_wrapper(model, optim)
         batch = synthetic_batch('mmdet', 2, size)
-        row = dict(model=name, input=f'2x3x{size[0]}x{size[1]}')
-        try:
-            result = measure(lambda: model.train_step(batch, wrapper),
-                             device, max(1, repeats // 4))
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
-            if 'out of memory' not in str(error).lower():
-                raise
-            row.update(error='out of memory')
-        else:
-            row.update(images_per_s=2 / result['seconds'],
-                       peak_mib=result['peak_bytes'] / 2**20)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        del model, wrapper
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
-    return rows
+        return lambda: model.train_step(batch, wrapper)
+
+    for name, path in configs.items():
+        record(
+            measure_train_step(
+                dict(model=name, input=f'2x3x{size[0]}x{size[1]}'),
+                functools.partial(make_step, path), 2, device,
+                max(1, repeats // 4)))
 
 
-def markdown(op_rows: List[dict], backbone_rows: List[dict]) -> str:
-    lines = []
-    if op_rows:
+# ------------------------------------------------------------------ output
+
+
+def number(value: Optional[float], spec: str) -> str:
+    """``value`` formatted, '-' if missing."""
+    return '-' if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    """The Markdown tables of ``result`` (the JSON document)."""
+    lines = [
+        f'{result["device"]}, torch {result["torch"]}, Triton '
+        f'{result["triton"]}, CUDA {result["cuda"]}, {result["dtype"]}'
+    ]
+    if result['op']:
         lines += [
-            '| shape | impl | fwd ms | fwd+bwd ms | peak MiB | fwd GB/s | '
-            'roofline |', '|---|---|---|---|---|---|---|'
+            '', '### Local attention op', '',
+            '| shape | impl | fwd ms | fwd+bwd ms | peak MiB | fwd GB/s '
+            '| roofline | max err | max grad err | error |',
+            '|---|---|---|---|---|---|---|---|---|---|'
         ]
-        for r in op_rows:
-            if 'error' in r:
-                lines.append(f'| {r["shape"]} | {r["impl"]} | {r["error"]} '
-                             f'| | | | |')
-                continue
+        for r in result['op']:
             lines.append(
-                f'| {r["shape"]} | {r["impl"]} | {r["forward_ms"]:.3f} | '
-                f'{r["forward_backward_ms"]:.3f} | {r["peak_mib"]:.0f} | '
-                f'{r["forward_gbps"]:.0f} | {r["roofline_fraction"]:.0%} |')
-    if backbone_rows:
-        lines += ['', '| model | input | images/s | peak MiB |',
-                  '|---|---|---|---|']
-        for r in backbone_rows:
-            if 'error' in r:
-                lines.append(f'| {r["model"]} | {r["input"]} | '
-                             f'{r["error"]} | |')
-            else:
-                lines.append(f'| {r["model"]} | {r["input"]} | '
-                             f'{r["images_per_s"]:.2f} | '
-                             f'{r["peak_mib"]:.0f} |')
+                f'| {r["shape"]} | {r["impl"]} | '
+                f'{number(r.get("forward_ms"), ".3f")} | '
+                f'{number(r.get("forward_backward_ms"), ".3f")} | '
+                f'{number(r.get("peak_mib"), ".0f")} | '
+                f'{number(r.get("forward_gbps"), ".0f")} | '
+                f'{number(r.get("roofline_fraction"), ".0%")} | '
+                f'{number(r.get("max_error"), ".1e")} | '
+                f'{number(r.get("max_grad_error"), ".1e")} | '
+                f'{r.get("error", "")} |')
+    fused = [r for r in result['op'] if 'kernel_ms' in r]
+    if fused:
+        lines += [
+            '', '### Fused kernels (CUDA ms per call)', '',
+            '| shape | forward ms | dQ ms | dK/dV ms | (num_warps, '
+            'num_stages) fwd / dQ / dK,dV |', '|---|---|---|---|---|'
+        ]
+        for r in fused:
+            times = [number(r['kernel_ms'][k], '.3f') for k in FUSED_KERNELS]
+            configs = ' / '.join(
+                str(tuple(c)) if c else '-'
+                for c in map(r['tuning_configs'].get, FUSED_KERNELS))
+            lines.append(f'| {r["shape"]} | {" | ".join(times)} | '
+                         f'{configs} |')
+    for section, title in (('backbone', 'Backbone train step'),
+                           ('mask_rcnn', 'Mask R-CNN train step')):
+        if result[section]:
+            lines += [
+                '', f'### {title}', '',
+                '| model | input | images/s | step ms | peak MiB | error |',
+                '|---|---|---|---|---|---|'
+            ]
+            lines += [
+                f'| {r["model"]} | {r["input"]} | '
+                f'{number(r.get("images_per_s"), ".2f")} | '
+                f'{number(r.get("step_ms"), ".1f")} | '
+                f'{number(r.get("peak_mib"), ".0f")} | '
+                f'{r.get("error", "")} |' for r in result[section]
+            ]
     return '\n'.join(lines)
 
 
-def plot(op_rows: List[dict], backbone_rows: List[dict], path: str) -> None:
-    import matplotlib
+def plot(result: dict, path: str) -> bool:
+    """Chart: op forward+backward time and peak memory by shape and
+    implementation, model images/s and peak memory; False if matplotlib is
+    missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(1, 2, figsize=(14, 5))
+    op_rows = result['op']
+    model_rows = result['backbone'] + result['mask_rcnn']
+
+    def panels(rows: List[dict], first: Tuple[str, str]) -> list:
+        """(key, label) of the panels of ``rows``: ``first``, and peak
+        memory where measured."""
+        if not rows:
+            return []
+        peak = any(r.get('peak_mib') for r in rows)
+        return [first] + ([('peak_mib', 'peak MiB')] if peak else [])
+
+    op_panels = panels(op_rows, ('forward_backward_ms', 'forward+backward ms'))
+    model_panels = panels(model_rows, ('images_per_s', 'train images/s'))
+    count = len(op_panels) + len(model_panels)
+    columns, rows = min(count, 2), math.ceil(count / 2)
+    figure, grid = plt.subplots(rows, columns,
+                                figsize=(8 * columns, 5.5 * rows),
+                                squeeze=False)
+    axes = iter(grid.flat)
     shapes = list(dict.fromkeys(r['shape'] for r in op_rows))
     impls = list(dict.fromkeys(r['impl'] for r in op_rows))
-    width = 0.8 / max(1, len(impls))
-    for i, impl in enumerate(impls):
-        values = [next((r.get('forward_backward_ms', float('nan'))
-                        for r in op_rows
-                        if r['shape'] == s and r['impl'] == impl),
-                       float('nan')) for s in shapes]
-        axes[0].bar([x + i * width for x in range(len(shapes))], values,
-                    width, label=impl)
-    axes[0].set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))])
-    axes[0].set_xticklabels(shapes, rotation=45, ha='right')
-    axes[0].set_yscale('log')
-    axes[0].set_ylabel('forward+backward ms (log)')
-    axes[0].set_title('ACmix local attention (ResNet-50 layer shapes)')
-    axes[0].legend()
-    names = [r['model'] for r in backbone_rows]
-    axes[1].barh(names, [r.get('images_per_s', 0) for r in backbone_rows])
-    axes[1].set_xlabel('train images/s (AMP)')
-    axes[1].set_title('Backbones and Mask R-CNN, 2x3x800x1333')
+    for key, label in op_panels:
+        axis, width = next(axes), 0.8 / len(impls)
+        for i, impl in enumerate(impls):
+            values = {r['shape']: r.get(key) for r in op_rows
+                      if r['impl'] == impl}
+            axis.bar([x + i * width for x in range(len(shapes))],
+                     [values.get(s) or float('nan') for s in shapes], width,
+                     label=impl)
+        axis.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))])
+        axis.set_xticklabels(shapes, rotation=45, ha='right')
+        axis.set_yscale('log')
+        axis.set_ylabel(f'{label} (log)')
+        axis.set_title(f'ACmix local attention: {label}')
+        axis.legend()
+    names = [f'{r["model"]} {r["input"]}' for r in model_rows]
+    for key, label in model_panels:
+        axis = next(axes)
+        axis.barh(names, [r.get(key) or 0 for r in model_rows])
+        axis.set_xlabel(label)
+        axis.set_title(f'train step: {label}')
+    for axis in axes:  # an odd panel count leaves one empty
+        axis.set_visible(False)
+    figure.suptitle(f'{result["device"]}, {result["dtype"]}')
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
 
 
-def main() -> None:
-    args = parse_args()
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+def environment(device: torch.device, dtype: torch.dtype) -> dict:
+    """Device, versions and settings for the JSON document."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return dict(
+        device=torch.cuda.get_device_name(device)
+        if device.type == 'cuda' else 'cpu',
+        torch=torch.__version__, triton=triton_version,
+        cuda=torch.version.cuda, dtype=str(dtype).replace('torch.', ''),
+        tuning_config=os.environ.get('ACMIX_TUNING_CONFIG') or None)
+
+
+def save(result: dict, stem: str) -> None:
+    """Write ``<stem>.json`` and ``<stem>.md``."""
+    with open(f'{stem}.json', 'w') as file:
+        json.dump(result, file, indent=2)
+    with open(f'{stem}.md', 'w') as file:
+        file.write(markdown(result) + '\n')
+
+
+def merge_previous(result: dict, stem: str, sections: Sequence[str]) -> None:
+    """Copy into ``result`` the rows of the sections not in ``sections``
+    from an earlier ``<stem>.json`` of the same device, dtype and mode."""
+    if not osp.exists(f'{stem}.json'):
+        return
+    with open(f'{stem}.json') as file:
+        previous = json.load(file)
+    for key in ('device', 'dtype', 'quick'):
+        if previous.get(key) != result[key]:
+            raise SystemExit(
+                f'error: --merge: {stem}.json has {key} '
+                f'{previous.get(key)!r}, this run {result[key]!r}; use '
+                'another --out-dir')
+    for section in SECTIONS:
+        if section not in sections:
+            result[section] = previous.get(section, [])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    device = torch.device('cuda', torch.cuda.current_device()) \
+        if torch.cuda.is_available() else torch.device('cpu')
     if device.type != 'cuda' and not args.quick:
         raise SystemExit('error: the benchmark needs a CUDA GPU (or --quick '
                          'to check the script on the CPU)')
-    dtype = getattr(torch, args.dtype)
-    if device.type == 'cpu':
-        dtype = torch.float32
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' \
-        else 'cpu'
+    shapes = select_shapes(
+        QUICK_SHAPES if args.quick else IMAGENET_SHAPES + COCO_SHAPES,
+        args.shapes)
+    dtype = getattr(torch, args.dtype or ('bfloat16' if device.type == 'cuda'
+                                          else 'float32'))
+    repeats = min(args.repeats, 3) if args.quick else args.repeats
+    result = environment(device, dtype)
     bandwidth = args.peak_bandwidth or next(
-        (bw for key, bw in PEAK_BANDWIDTH.items() if key in name), 1e12)
-    repeats = 1 if args.quick else args.repeats
-    shapes = QUICK_SHAPES if args.quick else IMAGENET_SHAPES + COCO_SHAPES
-    op_rows = benchmark_ops(shapes, dtype, device, repeats, bandwidth) \
-        if 'op' in args.sections else []
-    backbone_rows = benchmark_backbones(dtype, device, repeats, args.quick) \
-        if 'backbone' in args.sections else []
-
+        (bw for key, bw in PEAK_BANDWIDTH if key in result['device']), None)
+    result.update(peak_bandwidth=bandwidth, quick=args.quick,
+                  repeats=repeats, op=[], backbone=[], mask_rcnn=[])
     os.makedirs(args.out_dir, exist_ok=True)
-    result = dict(device=name, dtype=str(dtype), torch=torch.__version__,
-                  peak_bandwidth=bandwidth, ops=op_rows,
-                  backbones=backbone_rows)
-    with open(osp.join(args.out_dir, 'benchmark_acmix.json'), 'w') as file:
-        json.dump(result, file, indent=2)
-    plot(op_rows, backbone_rows,
-         osp.join(args.out_dir, 'benchmark_acmix.png'))
-    print(f'\n{name}, {dtype}\n')
-    print(markdown(op_rows, backbone_rows))
-    print(f'\nwritten to {args.out_dir}/benchmark_acmix.json and .png')
+    stem = osp.join(args.out_dir, 'benchmark_acmix')
+    if args.merge:
+        merge_previous(result, stem, args.sections)
+
+    def record(section: str, row: dict) -> None:
+        """Add ``row`` to ``section``, print it and rewrite the JSON and
+        Markdown files, so that an interrupted run keeps its rows."""
+        result[section].append(row)
+        print(json.dumps(row), flush=True)
+        save(result, stem)
+
+    save(result, stem)
+    runs = {
+        'op': functools.partial(benchmark_ops, shapes, args.impls, dtype,
+                                device, repeats, bandwidth),
+        'backbone': functools.partial(benchmark_backbones, dtype, device,
+                                      repeats, args.quick),
+        'mask_rcnn': functools.partial(benchmark_mask_rcnn, dtype, device,
+                                       repeats, args.quick),
+    }
+    for section in SECTIONS:
+        if section in args.sections:
+            runs[section](record=functools.partial(record, section))
+    print('\n' + markdown(result) + '\n')
+    chart = plot(result, f'{stem}.png')
+    print(f'written: {stem}.json, {stem}.md' +
+          (f', {stem}.png' if chart else ' (no chart: matplotlib missing)'))
 
 
 if __name__ == '__main__':
