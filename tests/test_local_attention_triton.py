@@ -12,7 +12,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
-pytest.importorskip('triton')
+triton = pytest.importorskip('triton')
 
 from acmix_mm.ops import local_attention_triton  # noqa: E402
 from acmix_mm.ops.local_attention_function import (  # noqa: E402
@@ -170,6 +170,10 @@ def test_large_maps_match_reference_on_cuda(shape, dtype):
 def test_every_tuning_config_matches_reference(config):
     """Each (num_warps, num_stages) the autotuner may pick, run explicitly
     (the other tests may pin one with ACMIX_TUNING_CONFIG)."""
+    if config not in local_attention_triton.tuning_configs(
+            torch.device(DEVICE)):
+        pytest.skip(f'Triton {triton.__version__} cannot compile {config} '
+                    'for this GPU')
     torch.manual_seed(13)
     q, k, v = [t.detach() for t in random_qkv(2, 2, 32, 23, 29,
                                                torch.bfloat16)]

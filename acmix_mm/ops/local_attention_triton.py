@@ -19,6 +19,7 @@ per key tile from the queries that reach it; no atomics.
 import contextlib
 import math
 import os
+import re
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -43,7 +44,9 @@ _REGION_CHUNK = {torch.float32: 32, torch.float16: 64, torch.bfloat16: 64}
 # hi*hi + hi*lo + lo*hi): float32 accuracy without the register-hungry FMA
 # path. Triton 2 has no such mode; there float32 dots run exactly on the FMA
 # units. 16-bit dots are the same on both.
-_TRITON_3 = tl.constexpr(int(triton.__version__.split('.')[0]) >= 3)
+_TRITON_VERSION = tuple(
+    int(part) for part in re.findall(r'\d+', triton.__version__)[:2])
+_TRITON_3 = tl.constexpr(_TRITON_VERSION >= (3, 0))
 # Logit of keys out of reach and start of the running max: exp() of it
 # underflows to 0 and, unlike -inf, it never gives inf - inf.
 _MASKED_LOGIT = tl.constexpr(-1.0e30)
@@ -141,12 +144,22 @@ def _window_multiplicity(query_y, query_x, key_y, key_x, pair_valid, height,
 
 
 @triton.jit
-def _load_channel_major(ptr, channel_stride, pixel_offsets, pixel_valid,
-                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
-    """[BLOCK_D, N] tile of N pixels (zeros beyond HEAD_DIM / off-map)."""
+def _channel_major(channel_stride, pixel_offsets, pixel_valid,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Offsets and mask of a [BLOCK_D, N] tile of N pixels (channels beyond
+    HEAD_DIM and invalid pixels masked)."""
     channels = tl.arange(0, BLOCK_D)
     offsets = channels[:, None] * channel_stride + pixel_offsets[None, :]
     mask = (channels < HEAD_DIM)[:, None] & pixel_valid[None, :]
+    return offsets, mask
+
+
+@triton.jit
+def _load_channel_major(ptr, channel_stride, pixel_offsets, pixel_valid,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_D, N] tile of N pixels (zeros beyond HEAD_DIM / off-map)."""
+    offsets, mask = _channel_major(channel_stride, pixel_offsets,
+                                   pixel_valid, HEAD_DIM, BLOCK_D)
     return tl.load(ptr + offsets, mask=mask, other=0.0)
 
 
@@ -155,9 +168,8 @@ def _store_channel_major(ptr, values, channel_stride, pixel_offsets,
                          pixel_valid, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr):
     """Store a [N, BLOCK_D] tile (pixels x channels) to N pixels."""
-    channels = tl.arange(0, BLOCK_D)
-    offsets = channels[:, None] * channel_stride + pixel_offsets[None, :]
-    mask = (channels < HEAD_DIM)[:, None] & pixel_valid[None, :]
+    offsets, mask = _channel_major(channel_stride, pixel_offsets,
+                                   pixel_valid, HEAD_DIM, BLOCK_D)
     tl.store(ptr + offsets, tl.trans(values).to(ptr.dtype.element_ty),
              mask=mask)
 
@@ -301,14 +313,17 @@ def _store_query_grad(ptr, grad_q, channel_stride, row_stride, col_stride,
     _store_channel_major(ptr, grad_q, channel_stride,
                          query_y * row_stride + query_x * col_stride,
                          query_valid, HEAD_DIM, BLOCK_D)
+    # Zeros made channel-major: Triton 2.1-2.3 cannot compile the store of
+    # a transposed constant tile.
     for phase in tl.static_range(1, STRIDE * STRIDE):
         pixel_y = query_y + phase // STRIDE
         pixel_x = query_x + phase % STRIDE
-        _store_channel_major(
-            ptr, tl.zeros_like(grad_q), channel_stride,
-            pixel_y * row_stride + pixel_x * col_stride,
+        offsets, mask = _channel_major(
+            channel_stride, pixel_y * row_stride + pixel_x * col_stride,
             query_valid & (pixel_y < height) & (pixel_x < width), HEAD_DIM,
             BLOCK_D)
+        tl.store(ptr + offsets,
+                 tl.zeros_like(offsets).to(ptr.dtype.element_ty), mask=mask)
 
 
 @_jit
@@ -568,6 +583,28 @@ TUNING_CONFIGS = ((4, 1), (4, 2), (8, 1), (8, 2))
 TUNING_CONFIG_ENV = 'ACMIX_TUNING_CONFIG'
 
 
+def tuning_configs(device: torch.device) -> Tuple[Tuple[int, int], ...]:
+    """The TUNING_CONFIGS this Triton can compile for ``device``.
+
+    Triton 2.2 to 3.1 abort the process (an assertion in the compiler, out
+    of reach of any exception handler) on some of the kernels with 8 warps
+    for Hopper (sm_90) and newer GPUs; fixed in Triton 3.2.
+    """
+    if (device.type == 'cuda' and (2, 2) <= _TRITON_VERSION < (3, 2)
+            and torch.cuda.get_device_capability(device)[0] >= 9):
+        return tuple(config for config in TUNING_CONFIGS if config[0] == 4)
+    return TUNING_CONFIGS
+
+
+def _compilable(configs: list, *args, **kwargs) -> list:
+    """Autotuner config pruning: those of :func:`tuning_configs` for the
+    current GPU (the launch's)."""
+    allowed = tuning_configs(torch.device('cuda',
+                                          torch.cuda.current_device()))
+    return [config for config in configs
+            if (config.num_warps, config.num_stages) in allowed]
+
+
 def _autotuned(spec: KernelSpec):
     """``spec.kernel`` autotuned over TUNING_CONFIGS on GPUs, keyed only by
     (head dim, kernel size, stride, its extra constexprs) and the dtypes;
@@ -579,10 +616,14 @@ def _autotuned(spec: KernelSpec):
         for warps, stages in TUNING_CONFIGS
     ]
     key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *spec.extra_meta]
-    return triton.autotune(configs, key=key)(spec.kernel)
+    return triton.autotune(configs, key=key,
+                           prune_configs_by={'early_config_prune':
+                                             _compilable})(spec.kernel)
 
 
-_AUTOTUNED = {name: _autotuned(spec) for name, spec in KERNELS.items()}
+# Autotuned kernels by name, made at their first launch: Triton 3.2 and 3.3
+# need a GPU driver to make an autotuner.
+_AUTOTUNED: Dict[str, Callable] = {}
 # The tuning config each kernel last ran with (None: interpreter).
 _LAST_CONFIGS: Dict[str, Optional[Tuple[int, int]]] = {}
 
@@ -645,9 +686,16 @@ def _launch(name: str, q: Tensor, grid: tuple, *args,
             out-of-memory error passes through unchanged.
     """
     config = config or pinned_tuning_config()
+    if config is not None and config not in tuning_configs(q.device):
+        raise ValueError(
+            f'tuning config {config} would crash the compiler of Triton '
+            f'{triton.__version__} on this GPU; use one of '
+            f'{tuning_configs(q.device)}')
     try:
         with _device_guard(q):
             if config is None:
+                if name not in _AUTOTUNED:
+                    _AUTOTUNED[name] = _autotuned(KERNELS[name])
                 kernel = _AUTOTUNED[name]
                 kernel[grid](*args, **meta)
                 best = getattr(kernel, 'best_config', None)
