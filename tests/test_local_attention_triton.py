@@ -350,3 +350,28 @@ def test_cpu_tensors_rejected_without_interpreter():
     cpu = [torch.randn(1, 1, 8, 4, 4) for _ in range(3)]
     with pytest.raises(ValueError, match='CUDA tensors'):
         local_attention_fused(*cpu, 3)
+
+
+@pytest.mark.parametrize('version,capability,expected_warps', [
+    ((2, 1), (9, 0), {4, 8}),
+    ((2, 2), (9, 0), {4}),
+    ((3, 1), (9, 0), {4}),
+    ((3, 1), (8, 0), {4, 8}),
+    ((3, 2), (9, 0), {4, 8}),
+])
+def test_tuning_configs_avoid_compiler_aborts(monkeypatch, version,
+                                              capability, expected_warps):
+    """Triton 2.2 to 3.1 abort on some 8-warp kernels for Hopper: neither
+    the autotuner nor a pinned config may try them there."""
+    monkeypatch.setattr(local_attention_triton, '_TRITON_VERSION', version)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability',
+                        lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    configs = local_attention_triton.tuning_configs(torch.device('cuda', 0))
+    assert {warps for warps, _ in configs} == expected_warps
+    candidates = [triton.Config({}, num_warps=w, num_stages=s)
+                  for w, s in local_attention_triton.TUNING_CONFIGS]
+    pruned = local_attention_triton._compilable(candidates, {})
+    assert [(c.num_warps, c.num_stages) for c in pruned] == list(configs)
+    assert local_attention_triton.tuning_configs(torch.device('cpu')) == \
+        local_attention_triton.TUNING_CONFIGS

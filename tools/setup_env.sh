@@ -93,10 +93,10 @@ build_mmcv_wheel() {
   local dest="$1" force_cuda=0
   if [ -n "$torch_cuda" ]; then
     force_cuda=1
-    "$py" -c 'import sys; from torch.utils.cpp_extension import CUDA_HOME; sys.exit(not CUDA_HOME)' \
+    "$py" -c 'import os, sys; from torch.utils.cpp_extension import CUDA_HOME; sys.exit(not (CUDA_HOME and os.path.isfile(os.path.join(CUDA_HOME, "bin", "nvcc"))))' \
       || die "torch $torch_version is a CUDA $torch_cuda build, so mmcv's ops must be built with CUDA, but no CUDA toolkit (nvcc) was found. Install CUDA $torch_cuda and set CUDA_HOME, or use prebuilt mmcv wheels (MMCV_FIND_LINKS, torch 2.1 only), or a CPU torch (TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)."
   fi
-  echo "[setup] building $mmcv_spec for torch $torch_version (${torch_cuda:+CUDA $torch_cuda}${torch_cuda:-CPU}; first time: 10-15 min on 2 cores, more with CUDA)"
+  echo "[setup] building $mmcv_spec for torch $torch_version (ops for ${torch_cuda:+CUDA }${torch_cuda:-the CPU}; the first time takes 10-15 min on 2 cores, more with CUDA)"
   rm -rf "$dest.partial"
   MMCV_WITH_OPS=1 FORCE_CUDA="$force_cuda" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
     "${pip[@]}" wheel -q --no-build-isolation --no-deps --no-cache-dir \
