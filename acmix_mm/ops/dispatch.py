@@ -86,8 +86,9 @@ def _fall_back(reason: str) -> None:
               f'implementation: {reason}')
 
 
-def _record_kernel_error(error) -> None:
-    """'auto' handler of a failed kernel: never try the variant again."""
+def _record_kernel_error(error: RuntimeError) -> None:
+    """'auto' handler of a failed kernel (a ``KernelError``): warn, and never
+    try its variant again."""
     _FAILED_VARIANTS[error.variant] = str(error)
     _fall_back(str(error))
 

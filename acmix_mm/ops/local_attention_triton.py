@@ -682,6 +682,8 @@ def _launch(name: str, q: Tensor, grid: tuple, *args,
     num_stages), else the pinned config, else the autotuner's choice.
 
     Raises:
+        ValueError: a pinned or given config this Triton cannot compile
+            for the GPU (:func:`tuning_configs`).
         KernelError: the kernel failed to compile or launch; a CUDA
             out-of-memory error passes through unchanged.
     """
