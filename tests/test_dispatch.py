@@ -64,6 +64,17 @@ def fallback_warnings(caught):
     return [str(w.message) for w in caught if FALLBACK in str(w.message)]
 
 
+def auto_fallback_warnings(q, k, v, calls=3):
+    """Run 'auto' ``calls`` times, each matching the reference; the
+    fallback warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for _ in range(calls):
+            assert_matches_reference(q, k, v, *outputs_and_grads(
+                'auto', q, k, v))
+    return fallback_warnings(caught)
+
+
 class FailingKernel:
     """Stands in for a compiled kernel that fails when launched, as a
     failed compilation pass reports it; counts the attempts."""
@@ -89,13 +100,8 @@ def break_kernel(monkeypatch, name):
 def test_auto_falls_back_once_when_a_kernel_fails_to_compile(monkeypatch):
     kernel = break_kernel(monkeypatch, 'forward')
     q, k, v = leaf_qkv()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        results = [outputs_and_grads('auto', q, k, v) for _ in range(3)]
-    for out, grads in results:
-        assert_matches_reference(q, k, v, out, grads)
+    messages = auto_fallback_warnings(q, k, v)
     assert kernel.calls == 1  # the failed variant is not tried again
-    messages = fallback_warnings(caught)
     assert len(messages) == 1
     assert 'forward kernel failed to compile or launch' in messages[0]
     assert 'PassManager::run failed' in messages[0]
@@ -116,14 +122,8 @@ def test_fused_raises_when_a_kernel_fails(monkeypatch):
 def test_auto_falls_back_when_a_backward_kernel_fails(monkeypatch):
     kernel = break_kernel(monkeypatch, 'grad_key_value')
     q, k, v = leaf_qkv()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        first = outputs_and_grads('auto', q, k, v)
-        second = outputs_and_grads('auto', q, k, v)
-    for out, grads in (first, second):
-        assert_matches_reference(q, k, v, out, grads)
+    messages = auto_fallback_warnings(q, k, v, calls=2)
     assert kernel.calls == 1
-    messages = fallback_warnings(caught)
     assert len(messages) == 1 and 'grad_key_value kernel' in messages[0]
 
 
@@ -157,12 +157,7 @@ def test_old_triton_falls_back_or_raises(monkeypatch):
     monkeypatch.setitem(sys.modules, 'triton',
                         types.SimpleNamespace(__version__=version))
     q, k, v = leaf_qkv()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        for _ in range(3):
-            assert_matches_reference(q, k, v, *outputs_and_grads(
-                'auto', q, k, v))
-    messages = fallback_warnings(caught)
+    messages = auto_fallback_warnings(q, k, v)
     assert len(messages) == 1
     assert f'Triton {version} is older than 2.1' in messages[0]
     with pytest.raises(RuntimeError, match=f'Triton {version} is older'):
@@ -178,12 +173,7 @@ def test_missing_triton_is_named(monkeypatch):
 
 def test_unsupported_head_dim_falls_back_with_one_warning():
     q, k, v = leaf_qkv(head_dim=4)  # the kernels need a multiple of 8
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        for _ in range(3):
-            assert_matches_reference(q, k, v, *outputs_and_grads(
-                'auto', q, k, v))
-    messages = fallback_warnings(caught)
+    messages = auto_fallback_warnings(q, k, v)
     assert len(messages) == 1 and 'head_dim' in messages[0]
     with pytest.raises(RuntimeError, match="'fused' cannot run.*head_dim"):
         local_attention(q, k, v, 3, 1, 0.5, 'fused')
