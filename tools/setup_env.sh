@@ -71,13 +71,13 @@ if ! torch_satisfied; then
 fi
 
 # torch before 2.3 was built against NumPy 1.x: keep every later install there.
-if "$py" -c 'import sys, torch; sys.exit(tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 3))'; then
+if "$py" -W ignore -c 'import sys, torch; sys.exit(tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 3))'; then
   echo "numpy<2" > "$venv/constraints.txt"
   export PIP_CONSTRAINT="$venv/constraints.txt"
 fi
 
-torch_cuda="$("$py" -c 'import torch; print(torch.version.cuda or "")')"
-torch_version="$("$py" -c 'import torch; print(torch.__version__)')"
+torch_cuda="$("$py" -W ignore -c 'import torch; print(torch.version.cuda or "")')"
+torch_version="$("$py" -W ignore -c 'import torch; print(torch.__version__)')"
 build_key="${mmcv_spec}-torch${torch_version}-${torch_cuda:+cuda}${torch_cuda:-cpu}${TORCH_CUDA_ARCH_LIST:+-arch${TORCH_CUDA_ARCH_LIST}}"
 build_key="$(printf '%s' "$build_key" | tr -c 'A-Za-z0-9._+-' '_')"
 stamp="$venv/.mmcv-build"
@@ -93,7 +93,7 @@ build_mmcv_wheel() {
   local dest="$1" force_cuda=0
   if [ -n "$torch_cuda" ]; then
     force_cuda=1
-    "$py" -c 'import os, sys; from torch.utils.cpp_extension import CUDA_HOME; sys.exit(not (CUDA_HOME and os.path.isfile(os.path.join(CUDA_HOME, "bin", "nvcc"))))' \
+    "$py" -W ignore -c 'import os, sys; from torch.utils.cpp_extension import CUDA_HOME; sys.exit(not (CUDA_HOME and os.path.isfile(os.path.join(CUDA_HOME, "bin", "nvcc"))))' \
       || die "torch $torch_version is a CUDA $torch_cuda build, so mmcv's ops must be built with CUDA, but no CUDA toolkit (nvcc) was found. Install CUDA $torch_cuda and set CUDA_HOME, or use prebuilt mmcv wheels (MMCV_FIND_LINKS, torch 2.1 only), or a CPU torch (TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)."
   fi
   echo "[setup] building $mmcv_spec for torch $torch_version (ops for ${torch_cuda:+CUDA }${torch_cuda:-the CPU}; the first time takes 10-15 min on 2 cores, more with CUDA)"
