@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from acmix_mm.ops.dispatch import triton_unavailable_reason
-from acmix_mm.ops.local_attention_ref import local_attention_reference
+from acmix_mm.ops.reference import local_attention_reference
 from acmix_mm.version import __version__
 
 OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg')
@@ -145,7 +145,7 @@ def check_fused(dtype: torch.dtype, stride: int) -> Check:
     reason = triton_unavailable_reason()
     if reason is not None:
         return Check('FAIL', name, reason)
-    from acmix_mm.ops.local_attention_function import local_attention_fused
+    from acmix_mm.ops.triton import local_attention_fused
     generator = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(3, *FUSED_SHAPE, generator=generator).cuda()
     out_shape = (*FUSED_SHAPE[:3], -(-FUSED_SHAPE[3] // stride),

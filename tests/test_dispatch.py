@@ -13,7 +13,7 @@ import torch
 pytest.importorskip('triton')
 
 from acmix_mm.models.layers import ACmix  # noqa: E402
-from acmix_mm.ops import dispatch, local_attention_triton  # noqa: E402
+from acmix_mm.ops import dispatch, triton_kernels  # noqa: E402
 from acmix_mm.ops import local_attention, local_attention_reference  # noqa
 from acmix_reference import randomize_  # noqa: E402
 
@@ -29,7 +29,7 @@ def fresh_dispatch(monkeypatch):
     monkeypatch.setattr(dispatch, '_FAILED_VARIANTS', {})
     monkeypatch.setattr(dispatch, '_WARNED', set())
     monkeypatch.setattr(dispatch, 'fused_preferred', lambda q: True)
-    monkeypatch.delenv(local_attention_triton.TUNING_CONFIG_ENV,
+    monkeypatch.delenv(triton_kernels.TUNING_CONFIG_ENV,
                        raising=False)
     dispatch.triton_unavailable_reason.cache_clear()
     yield
@@ -93,7 +93,7 @@ class FailingKernel:
 
 def break_kernel(monkeypatch, name):
     kernel = FailingKernel()
-    monkeypatch.setitem(local_attention_triton._AUTOTUNED, name, kernel)
+    monkeypatch.setitem(triton_kernels._AUTOTUNED, name, kernel)
     return kernel
 
 
@@ -191,7 +191,7 @@ def test_reference_never_warns(monkeypatch):
 
 @pytest.mark.parametrize('text', ['4', '4,3', 'four,two'])
 def test_bad_pinned_tuning_config_is_named(monkeypatch, text):
-    monkeypatch.setenv(local_attention_triton.TUNING_CONFIG_ENV, text)
+    monkeypatch.setenv(triton_kernels.TUNING_CONFIG_ENV, text)
     q, k, v = leaf_qkv()
     with pytest.raises(ValueError, match='ACMIX_TUNING_CONFIG must be one of'
                        " '4,1', '4,2', '8,1', '8,2'"):

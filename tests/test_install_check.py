@@ -38,9 +38,9 @@ def test_ops_import_and_run_without_openmmlab():
     result = run_python(WITHOUT_OPENMMLAB + textwrap.dedent("""
         import torch
         from acmix_mm.ops import local_attention, local_attention_reference
-        from acmix_mm.ops.local_attention_function import (
+        from acmix_mm.ops.triton import (
             LocalAttentionFunction, local_attention_fused)
-        from acmix_mm.ops.local_attention_triton import (
+        from acmix_mm.ops.triton_kernels import (
             local_attention_backward, local_attention_forward)
         try:
             import acmix_mm.models

@@ -4,7 +4,8 @@ from .conv_path import (fold_conv_path_bias, fold_conv_path_weight,
                         folded_conv_path, shift_conv_path)
 from .dispatch import (ATTN_IMPLS, check_attn_impl, local_attention,
                        resolve_attn_impl)
-from .local_attention_ref import local_attention_reference, reflect_index
+from .reference import local_attention_reference
+from .reflection import reflect_index
 from .softmax import softmax_fp32
 
 __all__ = [

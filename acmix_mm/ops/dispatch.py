@@ -14,7 +14,7 @@ from typing import Dict, Optional, Set
 
 from torch import Tensor
 
-from .local_attention_ref import local_attention_reference
+from .reference import local_attention_reference
 
 ATTN_IMPLS = ('auto', 'fused', 'reference')
 # The oldest Triton the kernels compile with (torch 2.1's).
@@ -48,7 +48,7 @@ def triton_unavailable_reason() -> Optional[str]:
         return (f'Triton {triton.__version__} is older than {oldest}, the '
                 'oldest the fused kernels support')
     try:
-        from . import local_attention_triton  # noqa: F401
+        from . import triton_kernels  # noqa: F401
     except Exception as error:  # e.g. an API this Triton lacks
         return (f'the fused kernels cannot be loaded with Triton '
                 f'{triton.__version__}: {type(error).__name__}: {error}')
@@ -61,7 +61,7 @@ def fused_unavailable_reason(q: Tensor, k: Tensor, v: Tensor,
     reason = triton_unavailable_reason()
     if reason is not None:
         return reason
-    from .local_attention_triton import check_inputs, variant_key
+    from .triton_kernels import check_inputs, variant_key
     try:
         check_inputs(q, k, v, kernel_size, stride)
     except ValueError as error:
@@ -128,7 +128,7 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
     """
     if resolve_attn_impl(attn_impl, q, k, v, kernel_size,
                          stride) == 'fused':
-        from .local_attention_function import local_attention_fused
+        from .triton import local_attention_fused
         handler = _record_kernel_error if attn_impl == 'auto' else None
         return local_attention_fused(q, k, v, kernel_size, stride, scale,
                                      handler)

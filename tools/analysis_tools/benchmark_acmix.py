@@ -488,7 +488,7 @@ def prepare(impl: str, inputs: OpInputs, device: torch.device
                                     compile=device.type == 'cuda')
         return (lambda: flex(q, k, v, scale)), (q, k, v)
     if impl == 'fused':
-        from acmix_mm.ops.local_attention_function import \
+        from acmix_mm.ops.triton import \
             local_attention_fused as attention
     else:
         attention = local_attention_reference
@@ -546,7 +546,7 @@ def benchmark_op(impl: str, shape: OpShape, inputs: OpInputs,
         row['forward_backward_ms'] = median_ms(step, device, repeats)
         row['peak_mib'] = peak_mib(step, device)
         if impl == 'fused' and device.type == 'cuda':
-            from acmix_mm.ops.local_attention_triton import \
+            from acmix_mm.ops.triton_kernels import \
                 last_tuning_configs
             row['tuning_configs'] = last_tuning_configs()
             row['kernel_ms'] = fused_kernel_ms(

@@ -51,7 +51,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-from acmix_mm.ops.local_attention_triton import (  # noqa: E402
+from acmix_mm.ops.triton_kernels import (  # noqa: E402
     HEAD_DIM_MULTIPLE, KERNELS, MAX_HEAD_DIM, MIN_HEAD_DIM,
     SUPPORTED_KERNEL_SIZES, SUPPORTED_STRIDES, TUNING_CONFIGS, shape_meta)
 

@@ -14,10 +14,10 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip('triton')
 
-from acmix_mm.ops import local_attention_triton  # noqa: E402
-from acmix_mm.ops.local_attention_function import (  # noqa: E402
+from acmix_mm.ops import triton_kernels  # noqa: E402
+from acmix_mm.ops.triton import (  # noqa: E402
     LocalAttentionFunction, local_attention_fused)
-from acmix_mm.ops.local_attention_ref import (  # noqa: E402
+from acmix_mm.ops.reference import (  # noqa: E402
     local_attention_reference)
 
 ON_CUDA = torch.cuda.is_available()
@@ -30,8 +30,8 @@ TOLERANCES = {
 }
 cuda_only = pytest.mark.skipif(not ON_CUDA, reason='needs a CUDA GPU')
 
-if not ON_CUDA and not local_attention_triton.interpreter_active():
-    pytest.fail('acmix_mm.ops.local_attention_triton was imported before '
+if not ON_CUDA and not triton_kernels.interpreter_active():
+    pytest.fail('acmix_mm.ops.triton_kernels was imported before '
                 'TRITON_INTERPRET=1 was set; set it before importing acmix_mm '
                 '(e.g. in conftest.py) to run these tests without a GPU',
                 pytrace=False)
@@ -165,24 +165,24 @@ def test_large_maps_match_reference_on_cuda(shape, dtype):
 
 
 @cuda_only
-@pytest.mark.parametrize('config', local_attention_triton.TUNING_CONFIGS,
+@pytest.mark.parametrize('config', triton_kernels.TUNING_CONFIGS,
                          ids=str)
 def test_every_tuning_config_matches_reference(config):
     """Each (num_warps, num_stages) the autotuner may pick, run explicitly
     (the other tests may pin one with ACMIX_TUNING_CONFIG)."""
-    if config not in local_attention_triton.tuning_configs(
+    if config not in triton_kernels.tuning_configs(
             torch.device(DEVICE)):
         pytest.skip(f'Triton {triton.__version__} cannot compile {config} '
                     'for this GPU')
     torch.manual_seed(13)
     q, k, v = [t.detach() for t in random_qkv(2, 2, 32, 23, 29,
                                                torch.bfloat16)]
-    out, lse = local_attention_triton.local_attention_forward(
+    out, lse = triton_kernels.local_attention_forward(
         q, k, v, 7, 1, SCALE, config=config)
     grad_out = torch.randn(out.shape).to(out)
-    grads = local_attention_triton.local_attention_backward(
+    grads = triton_kernels.local_attention_backward(
         grad_out, q, k, v, out, lse, 7, 1, SCALE, config=config)
-    assert set(local_attention_triton.last_tuning_configs().values()) == \
+    assert set(triton_kernels.last_tuning_configs().values()) == \
         {config}
     expected_out, expected_grads = reference_and_grads(q, k, v, 7, 1,
                                                        grad_out)
@@ -251,9 +251,9 @@ def test_backward_is_deterministic():
 def test_new_map_sizes_reuse_compiled_kernels():
     """Sizes and size-dependent strides are not specialised: after the
     first size (and its autotuning), other sizes compile nothing new."""
-    kernels = (local_attention_triton._forward_kernel,
-               local_attention_triton._grad_query_kernel,
-               local_attention_triton._grad_key_value_kernel)
+    kernels = (triton_kernels._forward_kernel,
+               triton_kernels._grad_query_kernel,
+               triton_kernels._grad_key_value_kernel)
     if not all(hasattr(kernel, 'device_caches') for kernel in kernels):
         pytest.skip('this Triton keeps no per-device kernel caches')
 
@@ -363,15 +363,15 @@ def test_tuning_configs_avoid_compiler_aborts(monkeypatch, version,
                                               capability, expected_warps):
     """Triton 2.2 to 3.1 abort on some 8-warp kernels for Hopper: neither
     the autotuner nor a pinned config may try them there."""
-    monkeypatch.setattr(local_attention_triton, '_TRITON_VERSION', version)
+    monkeypatch.setattr(triton_kernels, '_TRITON_VERSION', version)
     monkeypatch.setattr(torch.cuda, 'get_device_capability',
                         lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
-    configs = local_attention_triton.tuning_configs(torch.device('cuda', 0))
+    configs = triton_kernels.tuning_configs(torch.device('cuda', 0))
     assert {warps for warps, _ in configs} == expected_warps
     candidates = [triton.Config({}, num_warps=w, num_stages=s)
-                  for w, s in local_attention_triton.TUNING_CONFIGS]
-    pruned = local_attention_triton._compilable(candidates, {})
+                  for w, s in triton_kernels.TUNING_CONFIGS]
+    pruned = triton_kernels._compilable(candidates, {})
     assert [(c.num_warps, c.num_stages) for c in pruned] == list(configs)
-    assert local_attention_triton.tuning_configs(torch.device('cpu')) == \
-        local_attention_triton.TUNING_CONFIGS
+    assert triton_kernels.tuning_configs(torch.device('cpu')) == \
+        triton_kernels.TUNING_CONFIGS

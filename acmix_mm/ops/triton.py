@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .local_attention_ref import local_attention_reference
-from .local_attention_triton import (KernelError, local_attention_backward,
+from .reference import local_attention_reference
+from .triton_kernels import (KernelError, local_attention_backward,
                                      local_attention_forward)
 
 # Called with the error when a kernel fails and the reference takes over.
@@ -17,7 +17,7 @@ class LocalAttentionFunction(torch.autograd.Function):
     """``apply(q, k, v, kernel_size, stride, scale[, on_kernel_error])``
     -> out.
 
-    Same result as :func:`~acmix_mm.ops.local_attention_ref.
+    Same result as :func:`~acmix_mm.ops.reference.
     local_attention_reference`; gradients flow to q, k and v. Saves q, k, v,
     out and the per-query log-sum-exp; the backward is deterministic.
 
@@ -94,7 +94,7 @@ def local_attention_fused(
     """Multi-head attention of each query over its reflected neighbourhood,
     fused in Triton kernels.
 
-    Drop-in for :func:`~acmix_mm.ops.local_attention_ref.
+    Drop-in for :func:`~acmix_mm.ops.reference.
     local_attention_reference` (same arguments and result).
 
     Args:

@@ -1,6 +1,6 @@
 """Triton kernels of ACmix's local (sliding-window) attention.
 
-The op is defined by :func:`~acmix_mm.ops.local_attention_ref.
+The op is defined by :func:`~acmix_mm.ops.reference.
 local_attention_reference`. Instead of gathering the ``kernel_size ** 2``
 reflected neighbours of every query, a program takes a tile of queries and
 the *actual* key pixels around it (the tile dilated by
