@@ -1,80 +1,172 @@
-"""Autograd wrapper of the fused (Triton) local attention."""
-from typing import Callable, Optional, Tuple
+"""Triton backend of the local attention.
+
+:func:`local_attention` runs the fused kernels of
+:mod:`~acmix_mm.ops.triton_kernels` (imported on first use, so this module
+imports without Triton) as the custom op
+``torch.ops.acmix_mm.local_attention``::
+
+    acmix_mm::local_attention(Tensor q, Tensor k, Tensor v, int kernel_size,
+        int stride, float scale, bool fallback=False) -> (Tensor out,
+        Tensor lse)
+
+with a fake (meta) implementation and autograd, whose backward is the custom
+op ``acmix_mm::local_attention_backward``. ``torch.compile`` therefore
+traces through it (``fullgraph=True``, dynamic image sizes); the kernels
+stay opaque to Inductor and launch with their own autotuning. Before torch
+2.4 (no ``torch.library.custom_op``) the same functions run as a
+``torch.autograd.Function``, where ``torch.compile`` breaks the graph.
+"""
+import functools
+import re
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .reference import local_attention_reference
-from .triton_kernels import (KernelError, local_attention_backward,
-                                     local_attention_forward)
 
-# Called with the error when a kernel fails and the reference takes over.
-KernelErrorHandler = Callable[[KernelError], None]
+# The oldest Triton the kernels compile with (torch 2.1's).
+MIN_TRITON_VERSION = (2, 1)
+# Whether this torch has torch.library.custom_op (2.4 and newer).
+CUSTOM_OP_AVAILABLE = hasattr(torch.library, 'custom_op')
+
+# Kernel variants (triton_kernels.variant_key) that failed to compile or
+# launch, with the error: calls with fallback=True do not try them again.
+_FAILED_VARIANTS: Dict[tuple, str] = {}
 
 
-class LocalAttentionFunction(torch.autograd.Function):
-    """``apply(q, k, v, kernel_size, stride, scale[, on_kernel_error])``
-    -> out.
+@functools.lru_cache(maxsize=None)
+def triton_unavailable_reason() -> Optional[str]:
+    """Why the Triton kernels cannot be used in this environment, or None."""
+    try:
+        import triton
+    except ImportError as error:
+        return f'Triton is not installed ({error})'
+    numbers = re.match(r'(\d+)\.(\d+)', triton.__version__)
+    if numbers is None or tuple(map(int,
+                                    numbers.groups())) < MIN_TRITON_VERSION:
+        oldest = '.'.join(map(str, MIN_TRITON_VERSION))
+        return (f'Triton {triton.__version__} is older than {oldest}, the '
+                'oldest the fused kernels support')
+    try:
+        from . import triton_kernels  # noqa: F401
+    except Exception as error:  # e.g. an API this Triton lacks
+        return (f'the fused kernels cannot be loaded with Triton '
+                f'{triton.__version__}: {type(error).__name__}: {error}')
+    return None
 
-    Same result as :func:`~acmix_mm.ops.reference.
-    local_attention_reference`; gradients flow to q, k and v. Saves q, k, v,
-    out and the per-query log-sum-exp; the backward is deterministic.
 
-    If a kernel fails to compile or launch, :class:`KernelError` propagates
-    when ``on_kernel_error`` is None; otherwise ``on_kernel_error(error)`` is
-    called and the reference computes this forward (or backward) instead.
-    """
+def local_attention_unavailable_reason(q: Tensor, k: Tensor, v: Tensor,
+                                       kernel_size: int,
+                                       stride: int) -> Optional[str]:
+    """Why the Triton kernels cannot run on these (B, heads, D, H, W)
+    inputs, or None: Triton missing or too old, kernels that do not load,
+    unsupported inputs (dtype, head_dim, kernel_size, stride; CPU tensors
+    without ``TRITON_INTERPRET=1``) or a kernel variant that failed
+    before."""
+    reason = triton_unavailable_reason()
+    if reason is not None:
+        return reason
+    from .triton_kernels import check_inputs, variant_key
+    try:
+        check_inputs(q, k, v, kernel_size, stride)
+    except ValueError as error:
+        return str(error)
+    return _FAILED_VARIANTS.get(variant_key(q, kernel_size, stride))
 
-    @staticmethod
-    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor,
-                kernel_size: int, stride: int, scale: float,
-                on_kernel_error: Optional[KernelErrorHandler] = None
-                ) -> Tensor:
-        """(B, heads, D, H, W) q, k, v -> (B, heads, D, Hq, Wq) out."""
-        ctx.kernel_size, ctx.stride, ctx.scale = kernel_size, stride, scale
-        ctx.on_kernel_error = on_kernel_error
+
+def _fall_back(error: RuntimeError) -> None:
+    """Remember the failed kernel variant (a ``KernelError``) and warn once
+    that the reference takes over."""
+    _FAILED_VARIANTS[error.variant] = str(error)
+    from . import dispatch
+    if hasattr(dispatch, 'warn_fallback'):
+        dispatch.warn_fallback(str(error))
+    else:
+        dispatch.warn_once('ACmix local attention falls back to the '
+                           f'reference implementation: {error}')
+
+
+def _variant_failed(q: Tensor, kernel_size: int, stride: int) -> bool:
+    from .triton_kernels import variant_key
+    return variant_key(q, kernel_size, stride) in _FAILED_VARIANTS
+
+
+def _output_size(size, stride: int):
+    """ceil(size / stride), also for symbolic sizes."""
+    return (size + stride - 1) // stride
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, stride: int,
+             scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor]:
+    """(B, heads, D, H, W) q, k, v -> out (B, heads, D, Hq, Wq) and lse
+    (B * heads, Hq, Wq) float32, both contiguous; where the reference
+    computed out (fallback), lse is zeros and unused."""
+    from .triton_kernels import (KernelError, check_inputs,
+                                 local_attention_forward)
+    check_inputs(q, k, v, kernel_size, stride)
+    if not (fallback and _variant_failed(q, kernel_size, stride)):
         try:
-            out, lse = local_attention_forward(q, k, v, kernel_size, stride,
-                                               scale)
+            return local_attention_forward(q, k, v, kernel_size, stride,
+                                           scale)
         except KernelError as error:
-            if on_kernel_error is None:
+            if not fallback:
                 raise
-            on_kernel_error(error)
-            ctx.save_for_backward(q, k, v)
-            return local_attention_reference(q, k, v, kernel_size, stride,
-                                             scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
+            _fall_back(error)
+    out = local_attention_reference(q, k, v, kernel_size, stride, scale)
+    batch, heads, _, out_height, out_width = out.shape
+    lse = torch.zeros((batch * heads, out_height, out_width),
+                      dtype=torch.float32, device=q.device)
+    return out.contiguous(), lse
 
-    @staticmethod
-    @once_differentiable
-    def backward(
-        ctx: FunctionCtx, grad_out: Tensor
-    ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], None,
-               None, None, None]:
-        """(B, heads, D, Hq, Wq) grad_out -> grads of q, k, v (None where
-        not needed) and None for the other arguments."""
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        q, k, v = ctx.saved_tensors[:3]
-        grads = None
-        if len(ctx.saved_tensors) == 5:
-            out, lse = ctx.saved_tensors[3:]
-            try:
-                grads = local_attention_backward(
-                    grad_out, q, k, v, out, lse, ctx.kernel_size, ctx.stride,
-                    ctx.scale, need_grad_q=need_q,
-                    need_grad_kv=need_k or need_v)
-            except KernelError as error:
-                if ctx.on_kernel_error is None:
-                    raise
-                ctx.on_kernel_error(error)
-        if grads is None:
-            grads = _reference_grads(grad_out, q, k, v, ctx.kernel_size,
-                                     ctx.stride, ctx.scale)
-        grad_q, grad_k, grad_v = grads
-        return (grad_q if need_q else None, grad_k if need_k else None,
-                grad_v if need_v else None, None, None, None, None)
+
+def _forward_fake(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
+                  stride: int, scale: float,
+                  fallback: bool = False) -> Tuple[Tensor, Tensor]:
+    """Shapes, dtypes and strides of :func:`_forward`'s results."""
+    batch, heads, head_dim, height, width = q.shape
+    out_height = _output_size(height, stride)
+    out_width = _output_size(width, stride)
+    out = v.new_empty((batch, heads, head_dim, out_height, out_width))
+    lse = q.new_empty((batch * heads, out_height, out_width),
+                      dtype=torch.float32)
+    return out, lse
+
+
+def _backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+              lse: Tensor, kernel_size: int, stride: int, scale: float,
+              need_grad_q: bool, need_grad_kv: bool,
+              fallback: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of :func:`_forward`: contiguous (B, heads, D,
+    H, W) in q's dtype, a 0-element tensor where not needed. The reference
+    recomputes them where a kernel variant failed (fallback)."""
+    from .triton_kernels import KernelError, local_attention_backward
+    grads = None
+    if not (fallback and _variant_failed(q, kernel_size, stride)):
+        try:
+            grads = local_attention_backward(
+                grad_out, q, k, v, out, lse, kernel_size, stride, scale,
+                need_grad_q=need_grad_q, need_grad_kv=need_grad_kv)
+        except KernelError as error:
+            if not fallback:
+                raise
+            _fall_back(error)
+    if grads is None:
+        grads = _reference_grads(grad_out, q, k, v, kernel_size, stride,
+                                 scale)
+    needed = (need_grad_q, need_grad_kv, need_grad_kv)
+    return tuple(grad.contiguous() if need else q.new_empty(0)
+                 for grad, need in zip(grads, needed))
+
+
+def _backward_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                   out: Tensor, lse: Tensor, kernel_size: int, stride: int,
+                   scale: float, need_grad_q: bool, need_grad_kv: bool,
+                   fallback: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Shapes, dtypes and strides of :func:`_backward`'s results."""
+    needed = (need_grad_q, need_grad_kv, need_grad_kv)
+    return tuple(q.new_empty(q.shape) if need else q.new_empty(0)
+                 for need in needed)
 
 
 def _reference_grads(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
@@ -87,15 +179,62 @@ def _reference_grads(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
         return torch.autograd.grad(out, leaves, grad_out)
 
 
-def local_attention_fused(
-        q: Tensor, k: Tensor, v: Tensor, kernel_size: int, stride: int = 1,
-        scale: float = 1.0,
-        on_kernel_error: Optional[KernelErrorHandler] = None) -> Tensor:
-    """Multi-head attention of each query over its reflected neighbourhood,
-    fused in Triton kernels.
+def _setup_context(ctx, inputs: tuple, output: Tuple[Tensor, Tensor]):
+    q, k, v, kernel_size, stride, scale, fallback = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.arguments = (kernel_size, stride, scale)
+    ctx.fallback = fallback
 
-    Drop-in for :func:`~acmix_mm.ops.reference.
-    local_attention_reference` (same arguments and result).
+
+def _backward_formula(ctx, grad_out: Tensor, grad_lse: Optional[Tensor]):
+    """Gradients of q, k, v (None where not needed) and None for the other
+    arguments."""
+    need_q, need_k, need_v = ctx.needs_input_grad[:3]
+    grad_q, grad_k, grad_v = _backward_op(
+        grad_out, *ctx.saved_tensors, *ctx.arguments, need_q,
+        need_k or need_v, ctx.fallback)
+    return (grad_q if need_q else None, grad_k if need_k else None,
+            grad_v if need_v else None, None, None, None, None)
+
+
+if CUSTOM_OP_AVAILABLE:
+    _forward_op = torch.library.custom_op(
+        'acmix_mm::local_attention', _forward, mutates_args=(),
+        schema='(Tensor q, Tensor k, Tensor v, int kernel_size, int stride, '
+        'float scale, bool fallback=False) -> (Tensor, Tensor)')
+    _forward_op.register_fake(_forward_fake)
+    _backward_op = torch.library.custom_op(
+        'acmix_mm::local_attention_backward', _backward, mutates_args=(),
+        schema='(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, '
+        'Tensor lse, int kernel_size, int stride, float scale, '
+        'bool need_grad_q, bool need_grad_kv, bool fallback) '
+        '-> (Tensor, Tensor, Tensor)')
+    _backward_op.register_fake(_backward_fake)
+    _forward_op.register_autograd(_backward_formula,
+                                  setup_context=_setup_context)
+else:
+
+    class _LocalAttentionFunction(torch.autograd.Function):
+        """The op's forward, backward and autograd as a Function (torch
+        older than 2.4); torch.compile breaks the graph at it."""
+        forward = staticmethod(_forward)
+        setup_context = staticmethod(_setup_context)
+        backward = staticmethod(_backward_formula)
+
+    _forward_op = _LocalAttentionFunction.apply
+    _backward_op = _backward
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
+                    stride: int = 1, scale: float = 1.0, *,
+                    fallback: bool = False) -> Tensor:
+    """Multi-head attention of each query over its reflected neighbourhood,
+    fused in Triton kernels, with autograd.
+
+    Same arguments and result as :func:`~acmix_mm.ops.reference.
+    local_attention_reference`; runs ``torch.ops.acmix_mm.local_attention``.
 
     Args:
         q: (B, heads, D, H, W) queries at full resolution, unscaled.
@@ -104,12 +243,18 @@ def local_attention_fused(
         kernel_size: window size, 3, 5 or 7.
         stride: query stride, 1 or 2.
         scale: factor applied to the queries.
-        on_kernel_error: None raises :class:`KernelError` if a kernel fails
-            to compile or launch; a callable is told the error and the
-            reference computes the result instead.
+        fallback: if a kernel fails to compile or launch (forward or
+            backward), remember its variant, warn once and let the reference
+            compute the result; False raises the ``KernelError`` (a
+            RuntimeError naming the kernel and the cause).
 
     Returns:
-        Tensor: (B, heads, D, ceil(H / stride), ceil(W / stride)), dtype of v.
+        Tensor: (B, heads, D, ceil(H / stride), ceil(W / stride)), dtype of v,
+        contiguous.
+
+    Raises:
+        ValueError: inputs the kernels do not support
+            (:func:`local_attention_unavailable_reason` says why first).
     """
-    return LocalAttentionFunction.apply(q, k, v, kernel_size, stride, scale,
-                                        on_kernel_error)
+    return _forward_op(q, k, v, kernel_size, stride, float(scale),
+                       fallback)[0]

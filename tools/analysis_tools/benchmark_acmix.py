@@ -4,7 +4,7 @@ Section ``op``: ACmix's local attention (4 heads, 7x7 window) at the shapes
 of ACmix-ResNet-50's ACmix layers for ImageNet 224 (batch 64) and COCO
 800x1333 (batch 2), by four implementations:
 
-- ``fused``: acmix_mm's Triton kernels (``local_attention_fused``);
+- ``fused``: acmix_mm's Triton kernels (``acmix_mm.ops.triton.local_attention``);
 - ``reference``: acmix_mm's PyTorch reference (``local_attention_reference``);
 - ``unfold``: the formulation of the original ACmix code, written here:
   reflection padding, ``F.unfold`` of k, v and the positional term, float32
@@ -488,8 +488,7 @@ def prepare(impl: str, inputs: OpInputs, device: torch.device
                                     compile=device.type == 'cuda')
         return (lambda: flex(q, k, v, scale)), (q, k, v)
     if impl == 'fused':
-        from acmix_mm.ops.triton import \
-            local_attention_fused as attention
+        from acmix_mm.ops.triton import local_attention as attention
     else:
         attention = local_attention_reference
     return (lambda: attention(q, k, v, KERNEL, stride, scale)), (q, k, v)
