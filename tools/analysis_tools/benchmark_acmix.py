@@ -4,7 +4,8 @@ Section ``op``: ACmix's local attention (4 heads, 7x7 window) at the shapes
 of ACmix-ResNet-50's ACmix layers for ImageNet 224 (batch 64) and COCO
 800x1333 (batch 2), by four implementations:
 
-- ``fused``: acmix_mm's Triton kernels (``acmix_mm.ops.triton.local_attention``);
+- ``fused``: acmix_mm's Triton kernels
+  (``acmix_mm.ops.triton.local_attention``);
 - ``reference``: acmix_mm's PyTorch reference (``local_attention_reference``);
 - ``unfold``: the formulation of the original ACmix code, written here:
   reflection padding, ``F.unfold`` of k, v and the positional term, float32
