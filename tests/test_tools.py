@@ -14,7 +14,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from acmix_mm.engine import check_feature_channels, trust_local_checkpoints
+from acmix_mm.utils import check_feature_channels, trust_local_checkpoints
 from acmix_mm.testing import build_model
 
 REPO = Path(__file__).resolve().parents[1]

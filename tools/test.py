@@ -23,8 +23,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from acmix_mm.engine import (check_data_roots, check_feature_channels,
-                             prepare_launch, trust_local_checkpoints)
+from acmix_mm.utils import (check_data_roots, check_feature_channels,
+                            prepare_launch, trust_local_checkpoints)
 
 
 def parse_args() -> argparse.Namespace:

@@ -22,7 +22,7 @@ from mmengine.config import Config
 from mmengine.registry import VISUALIZERS
 from mmengine.structures import PixelData
 
-from acmix_mm.engine import trust_local_checkpoints
+from acmix_mm.utils import trust_local_checkpoints
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
 

@@ -1,7 +1,6 @@
 """ResNet with ACmix in place of every bottleneck's 3x3 convolution."""
 from typing import Sequence
 
-import torch.utils.checkpoint as cp
 from mmengine.model.weight_init import constant_init
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.models.layers import ResLayer
@@ -9,8 +8,10 @@ from torch import Tensor
 
 from acmix_mm.ops.dispatch import check_attn_impl
 from acmix_mm.registry import MODELS
+from acmix_mm.utils.checkpoint import (check_weights, load_pretrained,
+                                       pop_module_weights,
+                                       pretrained_checkpoint)
 from ..layers import ACmix
-from ..utils import load_backbone_checkpoint
 from .input_check import check_image_batch
 
 
@@ -34,32 +35,8 @@ class ACmixBottleneck(Bottleneck):
         if self.with_dcn:
             raise ValueError('ACmixResNet does not support dcn: ACmix '
                              'replaces the 3x3 convolution')
-        if self.dilation != 1:
-            raise ValueError(f'ACmix layers do not support dilation, got '
-                             f'{self.dilation}')
         self.conv2 = ACmix(planes, planes, kernel_att, head, kernel_conv,
                            stride=self.conv2_stride, attn_impl=attn_impl)
-
-    def forward(self, x: Tensor) -> Tensor:
-
-        def inner_forward(x: Tensor) -> Tensor:
-            out = self.relu(self.norm1(self.conv1(x)))
-            if self.with_plugins:
-                out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = self.relu(self.norm2(self.conv2(out)))
-            if self.with_plugins:
-                out = self.forward_plugin(out, self.after_conv2_plugin_names)
-            out = self.norm3(self.conv3(out))
-            if self.with_plugins:
-                out = self.forward_plugin(out, self.after_conv3_plugin_names)
-            identity = x if self.downsample is None else self.downsample(x)
-            return out + identity
-
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(inner_forward, x, use_reentrant=False)
-        else:
-            out = inner_forward(x)
-        return self.relu(out)
 
 
 @MODELS.register_module()
@@ -72,6 +49,11 @@ class ACmixResNet(ResNet):
     ResNet-ACmix without the classifier ``fc``, so a reference checkpoint
     loads through ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
 
+    Every checkpoint (``Pretrained``, ``load_from``, ``resume``) passes its
+    load hook: ``module.`` and ``backbone.`` prefixes are removed, and one
+    that leaves blocks or stages without weights (e.g. ACmix-R26 weights in
+    ACmix-R50) or has tensors of another shape is an error.
+
     Args:
         depth: 26, 38 or 50.
         kernel_att: ACmix attention window.
@@ -80,6 +62,9 @@ class ACmixResNet(ResNet):
         attn_impl: 'auto' (fused CUDA kernels on GPU, reference on CPU),
             'fused' or 'reference'; see :class:`ACmix`.
         in_channels: input image channels.
+        allow_partial_checkpoint: load checkpoints that leave blocks or
+            stages without weights, or have tensors of another shape; those
+            keep their initialisation, with a warning.
         **kwargs: the other arguments of mmdet's ``ResNet``.
 
     Shapes:
@@ -97,7 +82,8 @@ class ACmixResNet(ResNet):
     def __init__(self, depth: int, kernel_att: int = 7, head: int = 4,
                  kernel_conv: int = 3, attn_impl: str = 'auto',
                  in_channels: int = 3,
-                 dilations: Sequence[int] = (1, 1, 1, 1), **kwargs) -> None:
+                 dilations: Sequence[int] = (1, 1, 1, 1),
+                 allow_partial_checkpoint: bool = False, **kwargs) -> None:
         if depth not in self.arch_settings:
             raise ValueError(f'unknown depth {depth!r} for ACmixResNet; '
                              f'choose one of {sorted(self.arch_settings)}')
@@ -108,18 +94,29 @@ class ACmixResNet(ResNet):
                               kernel_conv=kernel_conv,
                               attn_impl=check_attn_impl(attn_impl))
         self.in_channels = in_channels
+        self.allow_partial_checkpoint = allow_partial_checkpoint
         super().__init__(depth, in_channels=in_channels, dilations=dilations,
                          **kwargs)
+        self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
 
     def make_res_layer(self, **kwargs) -> ResLayer:
         return ResLayer(**self.acmix_cfg, **kwargs)
 
+    def _prepare_checkpoint(self, state_dict: dict, prefix: str, *args,
+                            **kwargs) -> None:
+        """Load hook: strip wrapper prefixes and check the weights fit."""
+        weights = pop_module_weights(state_dict, prefix)
+        check_weights(self, weights,
+                      allow_partial=self.allow_partial_checkpoint)
+        state_dict.update((prefix + key, value)
+                          for key, value in weights.items())
+
     def init_weights(self) -> None:
         """Load a ``Pretrained`` checkpoint, or initialise like mmdet's ResNet
         with shift-kernel ACmix layers."""
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            load_backbone_checkpoint(self, self.init_cfg['checkpoint'])
+        checkpoint = pretrained_checkpoint(self.init_cfg)
+        if checkpoint is not None:
+            load_pretrained(self, checkpoint)
             self._is_init = True
             return
         super().init_weights()
@@ -129,8 +126,8 @@ class ACmixResNet(ResNet):
                     constant_init(module.norm3, 0)
 
     def train(self, mode: bool = True) -> 'ACmixResNet':
-        """Switch mode, keeping frozen stages (and norms if norm_eval) in
-        eval mode."""
+        """mmdet's ``ResNet.train`` (frozen stages, norm_eval), returning
+        self as ``nn.Module.train`` does, so ``model.eval()`` chains."""
         super().train(mode)
         return self
 

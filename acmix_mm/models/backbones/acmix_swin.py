@@ -16,8 +16,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from acmix_mm.ops.dispatch import check_attn_impl
 from acmix_mm.registry import MODELS
+from acmix_mm.utils.checkpoint import (check_weights, load_pretrained,
+                                       pop_module_weights,
+                                       pretrained_checkpoint)
 from ..layers import ShiftWindowACmix
-from ..utils import acmix_swin_converter, load_backbone_checkpoint
+from ..utils import acmix_swin_converter
 from .input_check import check_image_batch
 
 
@@ -141,6 +144,14 @@ class ACmixSwinTransformer(BaseModule):
     Same arguments and outputs as mmdet's / mmseg's ``SwinTransformer``, so a
     config switches by changing ``type``; ``arch`` picks a preset.
 
+    Every checkpoint (``Pretrained``, ``load_from``, ``resume``) passes its
+    load hook: ``module.`` and ``backbone.`` prefixes are removed, the
+    reference code's layout (e.g. the released ImageNet weights) is
+    converted, relative position tables and absolute position embeddings of
+    another window or image size are resized, and one that leaves blocks or
+    stages without weights (output norms excepted) or has tensors of another
+    shape is an error.
+
     Args:
         arch: 'tiny', 'small' or 'base'. ``embed_dims``, ``depths`` and
             ``num_heads``, when given, override the preset.
@@ -166,11 +177,15 @@ class ACmixSwinTransformer(BaseModule):
         norm_cfg: norm layers.
         with_cp: gradient checkpointing per block.
         pretrained: deprecated; use ``init_cfg``.
-        convert_weights: the ``Pretrained`` checkpoint has the reference
-            code's layout (e.g. the released ImageNet weights).
+        convert_weights: accepted for mmdet's ``SwinTransformer`` configs;
+            checkpoints in the reference layout are recognised by their keys
+            and converted whatever its value.
         frozen_stages: freeze the patch embedding (0) and stages 1..n.
         attn_impl: 'auto' (fused path on GPU, reference on CPU), 'fused' or
             'reference'; see :class:`ShiftWindowACmix`.
+        allow_partial_checkpoint: load checkpoints that leave blocks or
+            stages without weights, or have tensors of another shape; those
+            keep their initialisation, with a warning.
         init_cfg: mmengine initialisation config, e.g.
             ``dict(type='Pretrained', checkpoint=...)``.
 
@@ -215,6 +230,7 @@ class ACmixSwinTransformer(BaseModule):
                  convert_weights: bool = False,
                  frozen_stages: int = -1,
                  attn_impl: str = 'auto',
+                 allow_partial_checkpoint: bool = False,
                  init_cfg=None) -> None:
         if pretrained is not None:
             if init_cfg is not None:
@@ -251,10 +267,9 @@ class ACmixSwinTransformer(BaseModule):
 
         self.in_channels = in_channels
         self.out_indices = tuple(out_indices)
-        self.convert_weights = convert_weights
         self.frozen_stages = frozen_stages
         self.use_abs_pos_embed = use_abs_pos_embed
-        self.window_size = window_size
+        self.allow_partial_checkpoint = allow_partial_checkpoint
 
         self.patch_embed = PatchEmbed(
             in_channels=in_channels,
@@ -309,6 +324,7 @@ class ACmixSwinTransformer(BaseModule):
                             build_norm_layer(norm_cfg,
                                              self.num_features[i])[1])
         self._freeze_stages()
+        self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
 
     def train(self, mode: bool = True) -> 'ACmixSwinTransformer':
         """Switch mode while keeping frozen stages in eval mode."""
@@ -335,13 +351,9 @@ class ACmixSwinTransformer(BaseModule):
     def init_weights(self) -> None:
         """Load ``init_cfg``'s pretrained checkpoint, or initialise like the
         reference code (truncated normal linears, shift-kernel ACmix)."""
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            load_backbone_checkpoint(
-                self, self.init_cfg['checkpoint'],
-                converter=acmix_swin_converter
-                if self.convert_weights else None,
-                adapter=self._adapt_pretrained)
+        checkpoint = pretrained_checkpoint(self.init_cfg)
+        if checkpoint is not None:
+            load_pretrained(self, checkpoint)
             self._is_init = True
             return
         if self.init_cfg is None:
@@ -359,9 +371,24 @@ class ACmixSwinTransformer(BaseModule):
                 module.init_weights()
         super().init_weights()
 
-    def _adapt_pretrained(self, state_dict: dict) -> dict:
-        """Resize relative position tables and absolute position embeddings
-        of a checkpoint trained with another window or image size."""
+    def _prepare_checkpoint(self, state_dict: dict, prefix: str, *args,
+                            **kwargs) -> None:
+        """Load hook: strip wrapper prefixes, convert the reference layout,
+        resize position tables and check the weights fit."""
+        weights = pop_module_weights(state_dict, prefix)
+        if any(key.startswith('layers.') for key in weights):
+            weights = acmix_swin_converter(weights)
+        self._resize_position_tables(weights)
+        check_weights(self, weights,
+                      optional=[f'norm{i}' for i in self.out_indices],
+                      allow_partial=self.allow_partial_checkpoint)
+        state_dict.update((prefix + key, value)
+                          for key, value in weights.items())
+
+    def _resize_position_tables(self, state_dict: dict) -> None:
+        """Resize, in place, relative position tables and absolute position
+        embeddings of a checkpoint trained with another window or image
+        size."""
         own = self.state_dict()
         for key, value in list(state_dict.items()):
             target = own.get(key)
@@ -381,7 +408,6 @@ class ACmixSwinTransformer(BaseModule):
                 state_dict[key] = F.interpolate(
                     grid, size=target.shape[-2:], mode='bicubic',
                     align_corners=False)
-        return state_dict
 
     def forward(self, x: Tensor) -> List[Tensor]:
         check_image_batch(x, self.in_channels, type(self).__name__)
