@@ -4,15 +4,22 @@ import pytest
 import torch
 
 from acmix_mm.models.layers import ACmix, ShiftWindowACmix
+from acmix_mm.ops import CONV_PATHS
 from acmix_reference import RefACmix, RefWindowACmix, randomize_, shift_mask
 
 
+@pytest.fixture(params=CONV_PATHS)
+def conv_path(request):
+    """Every form of the convolution path."""
+    return request.param
+
+
 def make_pair(in_planes=8, out_planes=16, kernel_att=7, head=4,
-              kernel_conv=3, stride=1, seed=0):
+              kernel_conv=3, stride=1, seed=0, **layer_kwargs):
     ref = randomize_(RefACmix(in_planes, out_planes, kernel_att, head,
                               kernel_conv, stride), seed)
     layer = ACmix(in_planes, out_planes, kernel_att, head, kernel_conv,
-                  stride)
+                  stride, **layer_kwargs)
     layer.load_state_dict(ref.state_dict(), strict=True)
     return ref, layer
 
@@ -39,8 +46,9 @@ def test_initialisation_is_shift_kernels_and_half_rates():
 
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('h,w', [(8, 8), (14, 10), (16, 12)])
-def test_matches_reference_where_reference_code_works(stride, h, w):
-    ref, layer = make_pair(stride=stride)
+def test_matches_reference_where_reference_code_works(stride, h, w,
+                                                      conv_path):
+    ref, layer = make_pair(stride=stride, conv_path=conv_path)
     x = torch.randn(2, 8, h, w)
     torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
 
@@ -48,8 +56,9 @@ def test_matches_reference_where_reference_code_works(stride, h, w):
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('h,w', [(1, 1), (1, 4), (2, 2), (3, 3), (4, 4),
                                  (3, 4), (2, 1), (5, 9), (11, 7)])
-def test_tiny_and_odd_sizes(stride, h, w):
-    ref, layer = make_pair(stride=stride, seed=h * 10 + w)
+def test_tiny_and_odd_sizes(stride, h, w, conv_path):
+    ref, layer = make_pair(stride=stride, seed=h * 10 + w,
+                           conv_path=conv_path)
     x = torch.randn(2, 8, h, w)
     out = layer(x)
     assert out.shape == (2, 16, math.ceil(h / stride), math.ceil(w / stride))
@@ -67,8 +76,8 @@ def test_other_kernel_and_head_settings(kernel_att, head, kernel_conv):
 
 
 @pytest.mark.parametrize('stride', [1, 2])
-def test_gradients_match_reference(stride):
-    ref, layer = make_pair(stride=stride)
+def test_gradients_match_reference(stride, conv_path):
+    ref, layer = make_pair(stride=stride, conv_path=conv_path)
     x = torch.randn(2, 8, 7, 6)
     x_ref = x.clone().requires_grad_()
     x_ours = x.clone().requires_grad_()
@@ -83,16 +92,17 @@ def test_gradients_match_reference(stride):
 
 
 @pytest.mark.parametrize('stride', [1, 2])
-def test_gradcheck_float64(stride):
-    layer = randomize_(ACmix(3, 4, kernel_att=3, head=2, stride=stride))
+def test_gradcheck_float64(stride, conv_path):
+    layer = randomize_(ACmix(3, 4, kernel_att=3, head=2, stride=stride,
+                             conv_path=conv_path))
     layer = layer.double()
     x = torch.randn(1, 3, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x, ))
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-def test_autocast_runs_and_stays_close(dtype):
-    ref, layer = make_pair()
+def test_autocast_runs_and_stays_close(dtype, conv_path):
+    ref, layer = make_pair(conv_path=conv_path)
     x = torch.randn(2, 8, 9, 7)
     with torch.autocast('cpu', dtype=dtype):
         out = layer(x)
@@ -117,11 +127,21 @@ def test_invalid_arguments_name_the_problem():
         ACmix(8, 10, head=4)
     with pytest.raises(ValueError, match='kernel_att'):
         ACmix(8, 16, kernel_att=4)
+    with pytest.raises(ValueError, match='conv_path must be one of'):
+        ACmix(8, 16, conv_path='fast')
+    with pytest.raises(ValueError, match="'sdpa' does not implement "
+                       'local_attention'):
+        ACmix(8, 16, attn_impl='sdpa')
+    with pytest.raises(ValueError, match="'triton' does not implement "
+                       'window_attention'):
+        ShiftWindowACmix(12, 3, 4, attn_impl='triton')
 
 
-def make_window_pair(dim=12, heads=3, window=4, shift=0, seed=0):
+def make_window_pair(dim=12, heads=3, window=4, shift=0, seed=0,
+                     **layer_kwargs):
     ref = randomize_(RefWindowACmix(dim, window, heads), seed)
-    layer = ShiftWindowACmix(dim, heads, window, shift_size=shift)
+    layer = ShiftWindowACmix(dim, heads, window, shift_size=shift,
+                             **layer_kwargs)
     missing, unexpected = layer.load_state_dict(ref.state_dict(),
                                                 strict=False)
     assert not missing and unexpected == ['relative_position_index']
@@ -129,8 +149,9 @@ def make_window_pair(dim=12, heads=3, window=4, shift=0, seed=0):
 
 
 @pytest.mark.parametrize('shift', [0, 2])
-def test_window_acmix_matches_reference_on_window_multiples(shift):
-    ref, layer = make_window_pair(shift=shift)
+def test_window_acmix_matches_reference_on_window_multiples(
+        shift, conv_path):
+    ref, layer = make_window_pair(shift=shift, conv_path=conv_path)
     b, h, w, c = 2, 8, 12, 12
     x = torch.randn(b, h, w, c)
     shifted = torch.roll(x, (-shift, -shift), (1, 2)) if shift else x
@@ -144,8 +165,8 @@ def test_window_acmix_matches_reference_on_window_multiples(shift):
 
 
 @pytest.mark.parametrize('h,w', [(5, 11), (1, 1), (3, 9), (13, 4)])
-def test_window_acmix_pads_and_crops(h, w):
-    ref, layer = make_window_pair(shift=2)
+def test_window_acmix_pads_and_crops(h, w, conv_path):
+    ref, layer = make_window_pair(shift=2, conv_path=conv_path)
     x = torch.randn(2, h * w, 12)
     out = layer(x, (h, w))
     assert out.shape == x.shape
@@ -163,18 +184,79 @@ def test_window_acmix_pads_and_crops(h, w):
                                atol=1e-5, rtol=1e-5)
 
 
-def test_window_acmix_gradcheck_float64():
-    layer = randomize_(ShiftWindowACmix(4, 2, 2, shift_size=1)).double()
+def test_window_acmix_gradcheck_float64(conv_path):
+    layer = randomize_(ShiftWindowACmix(4, 2, 2, shift_size=1,
+                                        conv_path=conv_path)).double()
     x = torch.randn(1, 3 * 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: layer(t, (3, 5)), (x, ))
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-def test_window_acmix_autocast(dtype):
-    _, layer = make_window_pair(shift=2)
+def test_window_acmix_autocast(dtype, conv_path):
+    _, layer = make_window_pair(shift=2, conv_path=conv_path)
     x = torch.randn(2, 9 * 10, 12)
     expected = layer(x, (9, 10))
     with torch.autocast('cpu', dtype=dtype):
         out = layer(x, (9, 10))
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
+
+
+def output_and_grads(layer, x, *args):
+    """Layer output and the gradients of x and the parameters for a fixed
+    weighting of the output."""
+    x = x.clone().requires_grad_()
+    out = layer(x, *args)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    grads = torch.autograd.grad((out * weights).sum(),
+                                [x, *layer.parameters()])
+    return out, grads
+
+
+@pytest.mark.parametrize('attn_impl', ['reference', 'triton'])
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('h,w', [(3, 4), (9, 6)])
+def test_every_cpu_backend_matches_reference_with_gradients(
+        attn_impl, stride, h, w, conv_path):
+    if attn_impl == 'triton':
+        pytest.importorskip('triton')
+    # head_dim 8: the Triton kernels' smallest.
+    ref, layer = make_pair(out_planes=16, kernel_att=5, head=2, stride=stride,
+                           attn_impl=attn_impl, conv_path=conv_path)
+    x = torch.randn(2, 8, h, w)
+    x_ref = x.clone().requires_grad_()
+    ref_out = ref(x_ref)
+    ref_grads = torch.autograd.grad(
+        (ref_out * torch.linspace(-1, 1, ref_out.numel()).view_as(
+            ref_out)).sum(), [x_ref, *ref.parameters()])
+    out, grads = output_and_grads(layer, x)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for grad, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('h,w', [(3, 4), (9, 6)])
+def test_flex_layer_matches_reference_at_inference(stride, h, w, conv_path):
+    pytest.importorskip('torch.nn.attention.flex_attention')
+    ref, layer = make_pair(out_planes=16, kernel_att=5, head=2, stride=stride,
+                           attn_impl='flex', conv_path=conv_path)
+    x = torch.randn(2, 8, h, w)
+    with torch.no_grad():  # FlexAttention has no CPU backward
+        torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('attn_impl', ['reference', 'sdpa'])
+@pytest.mark.parametrize('h,w', [(8, 12), (5, 11)])
+def test_every_window_backend_matches_with_gradients(attn_impl, h, w,
+                                                     conv_path):
+    _, reference = make_window_pair(shift=2, attn_impl='reference',
+                                    conv_path='as_written')
+    _, layer = make_window_pair(shift=2, attn_impl=attn_impl,
+                                conv_path=conv_path)
+    x = torch.randn(2, h * w, 12)
+    expected_out, expected_grads = output_and_grads(reference, x, (h, w))
+    out, grads = output_and_grads(layer, x, (h, w))
+    torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
+    for grad, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4)

@@ -15,6 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Forms of the convolution path a layer computes, both exact: 'folded' (one
+# grouped convolution, :func:`folded_conv_path`) and 'as_written' (fc then
+# dep_conv, :func:`shift_conv_path`).
+CONV_PATHS = ('folded', 'as_written')
+
+
+def check_conv_path(conv_path: str) -> str:
+    """Return ``conv_path`` if it is one of :data:`CONV_PATHS`."""
+    if conv_path not in CONV_PATHS:
+        raise ValueError(f'conv_path must be one of {CONV_PATHS}, got '
+                         f'{conv_path!r}')
+    return conv_path
+
 
 def shift_conv_path(qkv_maps: Tensor, fc_weight: Tensor,
                     fc_bias: Optional[Tensor], dep_conv_weight: Tensor,

@@ -1,7 +1,10 @@
-"""Plain PyTorch reference of ACmix's local (sliding-window) attention."""
+"""Plain PyTorch references of ACmix's attentions: the local
+(sliding-window) attention of the convolutional flavour and the window
+attention of the Swin flavour, computed as specified."""
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .reflection import reflect_index
@@ -55,3 +58,31 @@ def local_attention_reference(q: Tensor, k: Tensor, v: Tensor,
         out.addcmul_(weights[:, :, index:index + 1],
                      window_view(v_padded, dy, dx))
     return out
+
+
+def window_attention_reference(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                               scale: float,
+                               dropout_p: float = 0.) -> Tensor:
+    """Multi-head attention inside each window with an additive bias,
+    explicit softmax in at least float32.
+
+    Args:
+        q: (B * nW, heads, N, D) queries of the N tokens of each window,
+            unscaled; windows of one image consecutive.
+        k: (B * nW, heads, N, D) keys.
+        v: (B * nW, heads, N, D) values.
+        bias: (nW or 1, heads, N, N) added to the logits (relative position
+            bias plus, in shifted windows, the region mask).
+        scale: factor applied to the queries.
+        dropout_p: dropout on the attention weights (0 at inference).
+
+    Returns:
+        Tensor: (B * nW, heads, N, D), dtype of v.
+    """
+    heads, tokens = q.shape[1:3]
+    attn = ((q * scale) @ k.transpose(-2, -1)).view(-1, bias.shape[0], heads,
+                                                    tokens, tokens)
+    attn = softmax_fp32((attn + bias).flatten(0, 1), dim=-1).to(v.dtype)
+    if dropout_p:
+        attn = F.dropout(attn, dropout_p)
+    return attn @ v

@@ -4,10 +4,10 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from acmix_mm.ops.conv_path import (fold_conv_path_weight, folded_conv_path,
-                                    shift_conv_path)
-from acmix_mm.ops.dispatch import (check_attn_impl, local_attention,
-                                   resolve_attn_impl)
+from acmix_mm.ops.conv_path import (check_conv_path, fold_conv_path_weight,
+                                    folded_conv_path, shift_conv_path)
+from acmix_mm.ops.dispatch import (LOCAL_ATTENTION, check_attn_impl,
+                                   choose_backend, run_local_attention)
 from .init import reset_acmix_parameters
 
 
@@ -40,10 +40,12 @@ class ACmix(BaseModule):
         head: number of attention heads.
         kernel_conv: convolution kernel size (odd).
         stride: 1 or 2; the output has ``ceil(H / stride)`` rows.
-        attn_impl: 'fused' (Triton kernels for the attention, the
-            convolution path folded into one grouped convolution), 'reference'
-            (plain PyTorch, as specified) or 'auto' (fused on CUDA, reference
-            on the CPU). Same parameters and results either way.
+        attn_impl: backend of the local attention: 'auto' (the fastest
+            that can run: Triton on CUDA, the reference on the CPU),
+            'triton', 'flex' or 'reference'; see :mod:`acmix_mm.ops.dispatch`.
+        conv_path: form of the convolution path: 'folded' (fc folded into
+            dep_conv, one grouped convolution) or 'as_written' (fc, then
+            dep_conv). Same parameters and results for every choice.
         init_cfg: mmengine initialisation config.
 
     Shapes:
@@ -53,7 +55,8 @@ class ACmix(BaseModule):
 
     def __init__(self, in_planes: int, out_planes: int, kernel_att: int = 7,
                  head: int = 4, kernel_conv: int = 3, stride: int = 1,
-                 attn_impl: str = 'auto', init_cfg=None) -> None:
+                 attn_impl: str = 'auto', conv_path: str = 'folded',
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if out_planes % head != 0:
             raise ValueError(f'out_planes ({out_planes}) must be divisible '
@@ -72,7 +75,8 @@ class ACmix(BaseModule):
         self.kernel_conv = kernel_conv
         self.stride = stride
         self.head_dim = out_planes // head
-        self.attn_impl = check_attn_impl(attn_impl)
+        self.attn_impl = check_attn_impl(attn_impl, LOCAL_ATTENTION)
+        self.conv_path = check_conv_path(conv_path)
 
         self.rate1 = nn.Parameter(torch.empty(1))
         self.rate2 = nn.Parameter(torch.empty(1))
@@ -111,13 +115,15 @@ class ACmix(BaseModule):
         height, width = x.shape[-2:]
         grid = position_grid(height, width, qkv.dtype, qkv.device)
         keys = k - self.conv_p(grid).to(qkv.dtype).unsqueeze(1)
-        out_att = local_attention(q, keys, v, self.kernel_att, self.stride,
-                                  self.head_dim**-0.5,
-                                  self.attn_impl).flatten(1, 2)
-        # The folded convolution path (exact, faster) goes with the fused
-        # attention; the reference computes it as written.
-        if resolve_attn_impl(self.attn_impl, q, keys, v, self.kernel_att,
-                             self.stride) == 'fused':
+        decision = choose_backend(
+            LOCAL_ATTENTION, self.attn_impl, qkv.device.type, qkv.dtype,
+            self.head_dim, self.kernel_att, self.stride,
+            torch.is_grad_enabled()
+            and (qkv.requires_grad or keys.requires_grad))
+        out_att = run_local_attention(decision, q, keys, v, self.kernel_att,
+                                      self.stride,
+                                      self.head_dim**-0.5).flatten(1, 2)
+        if self.conv_path == 'folded':
             weight = fold_conv_path_weight(self.fc.weight,
                                            self.dep_conv.weight)
             out_conv = folded_conv_path(
@@ -135,4 +141,5 @@ class ACmix(BaseModule):
         return (f'in_planes={self.in_planes}, out_planes={self.out_planes}, '
                 f'kernel_att={self.kernel_att}, head={self.head}, '
                 f'kernel_conv={self.kernel_conv}, stride={self.stride}, '
-                f'attn_impl={self.attn_impl!r}')
+                f'attn_impl={self.attn_impl!r}, '
+                f'conv_path={self.conv_path!r}')

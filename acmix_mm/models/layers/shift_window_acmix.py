@@ -8,10 +8,11 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
-from acmix_mm.ops.conv_path import (fold_conv_path_bias, fold_conv_path_weight,
-                                    folded_conv_path, shift_conv_path)
-from acmix_mm.ops.dispatch import check_attn_impl
-from acmix_mm.ops.softmax import softmax_fp32
+from acmix_mm.ops.conv_path import (check_conv_path, fold_conv_path_bias,
+                                    fold_conv_path_weight, folded_conv_path,
+                                    shift_conv_path)
+from acmix_mm.ops.dispatch import (WINDOW_ATTENTION, check_attn_impl,
+                                   choose_backend, run_window_attention)
 from .init import reset_acmix_parameters
 
 # Logit offset between tokens of different regions of a shifted window.
@@ -83,10 +84,14 @@ class ShiftWindowACmix(BaseModule):
         attn_drop_rate: dropout on attention weights.
         proj_drop_rate: dropout on the combined output.
         dropout_layer: dropout applied last, e.g. DropPath.
-        attn_impl: 'fused' (scaled_dot_product_attention windows, the
-            convolution path folded into one grouped convolution),
-            'reference' (as specified) or 'auto' (fused on CUDA, reference
-            on the CPU). Same parameters and results either way.
+        attn_impl: backend of the window attention: 'auto' (the fastest
+            that can run: 'sdpa' everywhere), 'sdpa'
+            (scaled_dot_product_attention) or 'reference' (explicit softmax);
+            see :mod:`acmix_mm.ops.dispatch`.
+        conv_path: form of the convolution path: 'folded' (q, k, v projected
+            channel-major, fc folded into dep_conv: one grouped convolution)
+            or 'as_written' (fc, then dep_conv). Same parameters and results
+            for every choice.
         init_cfg: mmengine initialisation config.
 
     Shapes:
@@ -104,6 +109,7 @@ class ShiftWindowACmix(BaseModule):
                  proj_drop_rate: float = 0.,
                  dropout_layer: Optional[dict] = None,
                  attn_impl: str = 'auto',
+                 conv_path: str = 'folded',
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if embed_dims % num_heads != 0:
@@ -118,7 +124,8 @@ class ShiftWindowACmix(BaseModule):
         self.window_size = window_size
         self.shift_size = shift_size
         self.scale = qk_scale or self.head_dim**-0.5
-        self.attn_impl = check_attn_impl(attn_impl)
+        self.attn_impl = check_attn_impl(attn_impl, WINDOW_ATTENTION)
+        self.conv_path = check_conv_path(conv_path)
 
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window_size - 1)**2, num_heads))
@@ -158,12 +165,7 @@ class ShiftWindowACmix(BaseModule):
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
 
-        if self.attn_impl == 'fused' or (self.attn_impl == 'auto'
-                                         and x.is_cuda):
-            x = self._forward_fused(x, shift)
-        else:
-            x = self._forward_reference(x, shift)
-        x = self.proj_drop(x)
+        x = self.proj_drop(self._forward_shifted(x, shift))
 
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
@@ -182,67 +184,70 @@ class ShiftWindowACmix(BaseModule):
                                               shift, device)[:, None]
         return bias.to(dtype)
 
-    def _forward_reference(self, x: Tensor, shift: int) -> Tensor:
-        """(B, H, W, C) padded, shifted map -> (B, H, W, C), computed as
-        specified: explicit softmax attention, fc then dep_conv."""
-        batch, height, width, _ = x.shape
-        window, tokens = self.window_size, self.window_size**2
-        qkv = self.qkv(x)
-        q, k, v = window_partition(qkv, window).view(
-            -1, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).view(
-            batch, -1, self.num_heads, tokens, tokens)
-        attn = attn + self._attention_bias(height, width, shift, attn.dtype,
-                                           attn.device)
-        attn = softmax_fp32(attn.flatten(0, 1), dim=-1).to(v.dtype)
-        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(
-            -1, tokens, self.embed_dims)
-        out_att = window_reverse(self.proj(out), window, height, width)
-
-        maps = qkv.view(batch, height, width, 3 * self.num_heads,
-                        self.head_dim).permute(0, 3, 4, 1, 2)
-        out_conv = shift_conv_path(maps, self.fc.weight, self.fc.bias,
-                                   self.dep_conv.weight).permute(0, 2, 3, 1)
-        return (self.rate1.to(out_att.dtype) * out_att +
-                self.rate2.to(out_conv.dtype) * out_conv)
-
-    def _forward_fused(self, x: Tensor, shift: int) -> Tensor:
-        """Same result as :meth:`_forward_reference`, faster: q, k, v come
-        out channel-major so that the convolution path is one grouped
-        convolution on a channels-last view of them (fc folded into
-        dep_conv), and the windows use scaled_dot_product_attention."""
-        batch, height, width, _ = x.shape
-        window, tokens = self.window_size, self.window_size**2
+    def _project(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, 3 * C) q, k, v: ordered (3, heads,
+        head_dim) as specified for 'as_written', channel-major (head_dim, 3,
+        heads) for 'folded', whose convolution path then is one grouped
+        convolution on a channels-last view of them."""
+        if self.conv_path == 'as_written':
+            return self.qkv(x)
         order = (3 * self.num_heads, self.head_dim)
         weight = self.qkv.weight.view(*order, -1).transpose(0, 1).flatten(
             0, 1)
         bias = None if self.qkv.bias is None else \
             self.qkv.bias.view(order).t().flatten()
-        qkv = F.linear(x, weight, bias)
+        return F.linear(x, weight, bias)
 
-        conv_weight = fold_conv_path_weight(self.fc.weight,
-                                            self.dep_conv.weight)
-        conv_bias = fold_conv_path_bias(self.fc.bias, self.dep_conv.weight,
-                                        height, width)
-        rate2 = self.rate2.to(conv_weight.dtype)
-        out_conv = folded_conv_path(qkv.permute(0, 3, 1, 2),
-                                    rate2 * conv_weight, rate2 * conv_bias)
+    def _conv_path(self, qkv: Tensor) -> Tensor:
+        """(B, H, W, 3 * C) from :meth:`_project` -> (B, H, W, C) convolution
+        path, times rate2 in the folded form."""
+        batch, height, width, _ = qkv.shape
+        if self.conv_path == 'as_written':
+            maps = qkv.view(batch, height, width, 3 * self.num_heads,
+                            self.head_dim).permute(0, 3, 4, 1, 2)
+            return shift_conv_path(maps, self.fc.weight, self.fc.bias,
+                                   self.dep_conv.weight).permute(0, 2, 3, 1)
+        weight = fold_conv_path_weight(self.fc.weight, self.dep_conv.weight)
+        bias = fold_conv_path_bias(self.fc.bias, self.dep_conv.weight,
+                                   height, width)
+        rate2 = self.rate2.to(weight.dtype)
+        return folded_conv_path(qkv.permute(0, 3, 1, 2), rate2 * weight,
+                                rate2 * bias).permute(0, 2, 3, 1)
 
-        q, k, v = window_partition(qkv, window).view(
-            -1, tokens, self.head_dim, 3, self.num_heads).permute(3, 0, 4, 1, 2)
-        attn_bias = self._attention_bias(height, width, shift, q.dtype,
-                                         q.device)
-        if attn_bias.shape[0] > 1:
-            attn_bias = attn_bias.repeat(batch, 1, 1, 1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, scale=self.scale,
-            dropout_p=self.attn_drop.p if self.training else 0.)
+    def _forward_shifted(self, x: Tensor, shift: int) -> Tensor:
+        """(B, H, W, C) padded, shifted map -> (B, H, W, C): window
+        attention by the chosen backend, then proj, plus the convolution
+        path."""
+        batch, height, width, _ = x.shape
+        window, tokens = self.window_size, self.window_size**2
+        qkv = self._project(x)
+        out_conv = self._conv_path(qkv)
+
+        windows = window_partition(qkv, window)
+        if self.conv_path == 'as_written':
+            q, k, v = windows.view(-1, tokens, 3, self.num_heads,
+                                   self.head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = windows.view(-1, tokens, self.head_dim, 3,
+                                   self.num_heads).permute(3, 0, 4, 1, 2)
+        decision = choose_backend(
+            WINDOW_ATTENTION, self.attn_impl, qkv.device.type, qkv.dtype,
+            self.head_dim,
+            requires_grad=torch.is_grad_enabled() and qkv.requires_grad)
+        out = run_window_attention(
+            decision, q, k, v,
+            self._attention_bias(height, width, shift, q.dtype, q.device),
+            self.scale, self.attn_drop.p if self.training else 0.)
         out = out.transpose(1, 2).reshape(-1, tokens, self.embed_dims)
         out_att = window_reverse(self.proj(out), window, height, width)
-        return torch.addcmul(out_conv.permute(0, 2, 3, 1),
-                             self.rate1.to(out_att.dtype), out_att)
+        if self.conv_path == 'as_written':
+            return (self.rate1.to(out_att.dtype) * out_att +
+                    self.rate2.to(out_conv.dtype) * out_conv)
+        return torch.addcmul(out_conv, self.rate1.to(out_att.dtype), out_att)
 
     def extra_repr(self) -> str:
         return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
                 f'window_size={self.window_size}, '
-                f'shift_size={self.shift_size}')
+                f'shift_size={self.shift_size}, '
+                f'attn_impl={self.attn_impl!r}, '
+                f'conv_path={self.conv_path!r}')
