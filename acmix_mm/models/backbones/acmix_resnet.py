@@ -24,19 +24,22 @@ class ACmixBottleneck(Bottleneck):
         kernel_att: ACmix attention window.
         head: ACmix heads.
         kernel_conv: ACmix convolution kernel.
-        attn_impl: ACmix implementation, see :class:`ACmix`.
+        attn_impl: ACmix attention backend, see :class:`ACmix`.
+        conv_path: ACmix convolution path form, see :class:`ACmix`.
         **kwargs: the other arguments of mmdet's ``Bottleneck``.
     """
 
     def __init__(self, inplanes: int, planes: int, kernel_att: int = 7,
                  head: int = 4, kernel_conv: int = 3,
-                 attn_impl: str = 'auto', **kwargs) -> None:
+                 attn_impl: str = 'auto', conv_path: str = 'folded',
+                 **kwargs) -> None:
         super().__init__(inplanes, planes, **kwargs)
         if self.with_dcn:
             raise ValueError('ACmixResNet does not support dcn: ACmix '
                              'replaces the 3x3 convolution')
         self.conv2 = ACmix(planes, planes, kernel_att, head, kernel_conv,
-                           stride=self.conv2_stride, attn_impl=attn_impl)
+                           stride=self.conv2_stride, attn_impl=attn_impl,
+                           conv_path=conv_path)
 
 
 @MODELS.register_module()
@@ -59,8 +62,9 @@ class ACmixResNet(ResNet):
         kernel_att: ACmix attention window.
         head: ACmix heads.
         kernel_conv: ACmix convolution kernel.
-        attn_impl: 'auto' (fused CUDA kernels on GPU, reference on CPU),
-            'fused' or 'reference'; see :class:`ACmix`.
+        attn_impl: 'auto' (Triton kernels on GPU, reference on CPU),
+            'triton', 'flex' or 'reference'; see :class:`ACmix`.
+        conv_path: 'folded' or 'as_written'; see :class:`ACmix`.
         in_channels: input image channels.
         allow_partial_checkpoint: load checkpoints that leave blocks or
             stages without weights, or have tensors of another shape; those
@@ -81,6 +85,7 @@ class ACmixResNet(ResNet):
 
     def __init__(self, depth: int, kernel_att: int = 7, head: int = 4,
                  kernel_conv: int = 3, attn_impl: str = 'auto',
+                 conv_path: str = 'folded',
                  in_channels: int = 3,
                  dilations: Sequence[int] = (1, 1, 1, 1),
                  allow_partial_checkpoint: bool = False, **kwargs) -> None:
@@ -92,7 +97,8 @@ class ACmixResNet(ResNet):
                              f'dilations={tuple(dilations)}')
         self.acmix_cfg = dict(kernel_att=kernel_att, head=head,
                               kernel_conv=kernel_conv,
-                              attn_impl=check_attn_impl(attn_impl))
+                              attn_impl=check_attn_impl(attn_impl),
+                              conv_path=conv_path)
         self.in_channels = in_channels
         self.allow_partial_checkpoint = allow_partial_checkpoint
         super().__init__(depth, in_channels=in_channels, dilations=dilations,

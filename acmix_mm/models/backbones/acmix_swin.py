@@ -46,6 +46,7 @@ class ACmixSwinBlock(BaseModule):
                  norm_cfg: dict = dict(type='LN'),
                  with_cp: bool = False,
                  attn_impl: str = 'auto',
+                 conv_path: str = 'folded',
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
@@ -60,7 +61,8 @@ class ACmixSwinBlock(BaseModule):
             attn_drop_rate=attn_drop_rate,
             proj_drop_rate=drop_rate,
             dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
-            attn_impl=attn_impl)
+            attn_impl=attn_impl,
+            conv_path=conv_path)
         self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.ffn = FFN(
             embed_dims=embed_dims,
@@ -106,6 +108,7 @@ class ACmixSwinStage(BaseModule):
                  norm_cfg: dict = dict(type='LN'),
                  with_cp: bool = False,
                  attn_impl: str = 'auto',
+                 conv_path: str = 'folded',
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         drop_path_rates = list(drop_path_rates) or [0.] * depth
@@ -124,7 +127,8 @@ class ACmixSwinStage(BaseModule):
                 act_cfg=act_cfg,
                 norm_cfg=norm_cfg,
                 with_cp=with_cp,
-                attn_impl=attn_impl) for i in range(depth)
+                attn_impl=attn_impl,
+                conv_path=conv_path) for i in range(depth)
         ])
         self.downsample = downsample
 
@@ -181,8 +185,9 @@ class ACmixSwinTransformer(BaseModule):
             checkpoints in the reference layout are recognised by their keys
             and converted whatever its value.
         frozen_stages: freeze the patch embedding (0) and stages 1..n.
-        attn_impl: 'auto' (fused path on GPU, reference on CPU), 'fused' or
-            'reference'; see :class:`ShiftWindowACmix`.
+        attn_impl: 'auto' (SDPA), 'sdpa' or 'reference'; see
+            :class:`ShiftWindowACmix`.
+        conv_path: 'folded' or 'as_written'; see :class:`ShiftWindowACmix`.
         allow_partial_checkpoint: load checkpoints that leave blocks or
             stages without weights, or have tensors of another shape; those
             keep their initialisation, with a warning.
@@ -230,6 +235,7 @@ class ACmixSwinTransformer(BaseModule):
                  convert_weights: bool = False,
                  frozen_stages: int = -1,
                  attn_impl: str = 'auto',
+                 conv_path: str = 'folded',
                  allow_partial_checkpoint: bool = False,
                  init_cfg=None) -> None:
         if pretrained is not None:
@@ -314,7 +320,8 @@ class ACmixSwinTransformer(BaseModule):
                     act_cfg=act_cfg,
                     norm_cfg=norm_cfg,
                     with_cp=with_cp,
-                    attn_impl=check_attn_impl(attn_impl)))
+                    attn_impl=check_attn_impl(attn_impl),
+                    conv_path=conv_path))
             self.num_features.append(channels)
             if downsample is not None:
                 channels = downsample.out_channels
