@@ -15,8 +15,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip('triton')
 
 from acmix_mm.ops import triton_kernels  # noqa: E402
-from acmix_mm.ops.triton import (  # noqa: E402
-    LocalAttentionFunction, local_attention_fused)
+from acmix_mm.ops.triton import local_attention  # noqa: E402
 from acmix_mm.ops.reference import (  # noqa: E402
     local_attention_reference)
 
@@ -101,7 +100,7 @@ def assert_close(actual, expected, dtype, name):
 
 def check_against_reference(q, k, v, kernel_size, stride, grad_out=None):
     """Fused output and q/k/v gradients match the float64 reference."""
-    out = local_attention_fused(q, k, v, kernel_size, stride, SCALE)
+    out = local_attention(q, k, v, kernel_size, stride, SCALE)
     height, width = q.shape[-2:]
     expected_shape = (*q.shape[:3], math.ceil(height / stride),
                       math.ceil(width / stride))
@@ -200,7 +199,7 @@ def test_split_views_of_one_projection(stride):
     qkv.requires_grad_()
     q, k, v = qkv.split(heads, dim=1)
     assert not q.is_contiguous()
-    out = local_attention_fused(q, k, v, 5, stride, SCALE)
+    out = local_attention(q, k, v, 5, stride, SCALE)
     grad_out = torch.randn(out.shape).to(out)
     out.backward(grad_out)
     expected_out, expected_grads = reference_and_grads(q, k, v, 5, stride,
@@ -229,7 +228,7 @@ def test_broadcast_grad_out_of_a_sum():
     """out.sum() hands the backward an expanded (stride 0) gradient."""
     torch.manual_seed(8)
     q, k, v = random_qkv(2, 1, 8, 6, 5)
-    local_attention_fused(q, k, v, 3, 2, SCALE).sum().backward()
+    local_attention(q, k, v, 3, 2, SCALE).sum().backward()
     grad_out = torch.ones(2, 1, 8, 3, 3, device=DEVICE)
     _, expected_grads = reference_and_grads(q, k, v, 3, 2, grad_out)
     for name, leaf, expected in zip('qkv', (q, k, v), expected_grads):
@@ -239,7 +238,7 @@ def test_broadcast_grad_out_of_a_sum():
 def test_backward_is_deterministic():
     torch.manual_seed(9)
     q, k, v = random_qkv(2, 1, 16, 11, 9)
-    out = local_attention_fused(q, k, v, 7, 1, SCALE)
+    out = local_attention(q, k, v, 7, 1, SCALE)
     grad_out = torch.randn(out.shape).to(out)
     first = torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True)
     second = torch.autograd.grad(out, (q, k, v), grad_out)
@@ -266,7 +265,7 @@ def test_new_map_sizes_reuse_compiled_kernels():
     for height, width in [(33, 47), (35, 41), (64, 48), (17, 90)]:
         torch.manual_seed(12)
         q, k, v = random_qkv(2, 2, 32, height, width, torch.float16)
-        local_attention_fused(q, k, v, 7, 1, SCALE).sum().backward()
+        local_attention(q, k, v, 7, 1, SCALE).sum().backward()
         counts.append(compiled_variants())
     assert counts[1:] == counts[:1] * 3
 
@@ -278,7 +277,7 @@ def test_only_requested_gradients(wanted):
     inputs = dict(q=q, k=k, v=v)
     for name, tensor in inputs.items():
         tensor.requires_grad_(name == wanted)
-    out = LocalAttentionFunction.apply(q, k, v, 3, 1, SCALE)
+    out = local_attention(q, k, v, 3, 1, SCALE)
     grad_out = torch.randn(out.shape).to(out)
     out.backward(grad_out)
     _, expected_grads = reference_and_grads(q, k, v, 3, 1, grad_out)
@@ -293,7 +292,7 @@ def test_forward_without_grad():
     torch.manual_seed(11)
     q, k, v = [t.detach() for t in random_qkv(2, 2, 16, 5, 5)]
     with torch.no_grad():
-        out = local_attention_fused(q, k, v, 5, 1, SCALE)
+        out = local_attention(q, k, v, 5, 1, SCALE)
     expected = local_attention_reference(q.double(), k.double(), v.double(),
                                          5, 1, SCALE)
     assert not out.requires_grad
@@ -336,20 +335,20 @@ BAD_INPUTS = [
                          ids=[case[0] for case in BAD_INPUTS])
 def test_bad_inputs_raise(args, message):
     with pytest.raises(ValueError, match=message):
-        local_attention_fused(*args())
+        local_attention(*args())
 
 
 @pytest.mark.skipif(ON_CUDA, reason='only the interpreter lacks bfloat16')
 def test_bfloat16_rejected_by_interpreter():
     with pytest.raises(ValueError, match='interpreter'):
-        local_attention_fused(*_qkv(dtype=torch.bfloat16), 3)
+        local_attention(*_qkv(dtype=torch.bfloat16), 3)
 
 
 @cuda_only
 def test_cpu_tensors_rejected_without_interpreter():
     cpu = [torch.randn(1, 1, 8, 4, 4) for _ in range(3)]
     with pytest.raises(ValueError, match='CUDA tensors'):
-        local_attention_fused(*cpu, 3)
+        local_attention(*cpu, 3)
 
 
 @pytest.mark.parametrize('version,capability,expected_warps', [

@@ -16,6 +16,7 @@ stay opaque to Inductor and launch with their own autotuning. Before torch
 2.4 (no ``torch.library.custom_op``) the same functions run as a
 ``torch.autograd.Function``, where ``torch.compile`` breaks the graph.
 """
+import contextlib
 import functools
 import re
 from typing import Dict, Optional, Tuple
@@ -33,6 +34,11 @@ CUSTOM_OP_AVAILABLE = hasattr(torch.library, 'custom_op')
 # Kernel variants (triton_kernels.variant_key) that failed to compile or
 # launch, with the error: calls with fallback=True do not try them again.
 _FAILED_VARIANTS: Dict[tuple, str] = {}
+# What torch's below-autograd guard excludes: autograd of every backend.
+_AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality,
+                  torch._C.DispatchKey.AutogradOther,
+                  torch._C.DispatchKey.AutogradNestedTensor,
+                  torch._C.DispatchKey.ADInplaceOrView)
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,10 +126,26 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, stride: int,
     return out.contiguous(), lse
 
 
+def _check_matching(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Raise ValueError unless q, k, v are 5-D with one shape, dtype and
+    device: what the fake implementation relies on (the kernels check the
+    rest)."""
+    if q.dim() != 5:
+        raise ValueError('q must be 5-D (B, heads, D, H, W), got shape '
+                         f'{tuple(q.shape)}')
+    for name, attribute in (('shape', 'shape'), ('dtype', 'dtype'),
+                            ('device', 'device')):
+        values = [getattr(tensor, attribute) for tensor in (q, k, v)]
+        if not values[0] == values[1] == values[2]:
+            raise ValueError(f'q, k and v must have the same {name}, got '
+                             + ', '.join(map(str, values)))
+
+
 def _forward_fake(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
                   stride: int, scale: float,
                   fallback: bool = False) -> Tuple[Tensor, Tensor]:
     """Shapes, dtypes and strides of :func:`_forward`'s results."""
+    _check_matching(q, k, v)
     batch, heads, head_dim, height, width = q.shape
     out_height = _output_size(height, stride)
     out_width = _output_size(width, stride)
@@ -172,11 +194,26 @@ def _backward_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
 def _reference_grads(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
                      kernel_size: int, stride: int,
                      scale: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Gradients of q, k, v through the reference, recomputed."""
-    with torch.enable_grad():
+    """Gradients of q, k, v through the reference, recomputed (also inside
+    the backward op's implementation, which runs below autograd)."""
+    with _autograd_recording():
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         out = local_attention_reference(*leaves, kernel_size, stride, scale)
         return torch.autograd.grad(out, leaves, grad_out)
+
+
+@contextlib.contextmanager
+def _autograd_recording():
+    """Grad mode on and the autograd dispatch keys no longer excluded: a
+    custom op's implementation (eager, or in a compiled graph) runs with
+    them excluded, where autograd would record nothing."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in _AUTOGRAD_KEYS:
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(
+            torch._C._dispatch_tls_local_include_set(), exclude), \
+            torch.enable_grad():
+        yield
 
 
 def _setup_context(ctx, inputs: tuple, output: Tuple[Tensor, Tensor]):
