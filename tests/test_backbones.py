@@ -1,14 +1,26 @@
+import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from mmengine.runner.checkpoint import load_checkpoint, save_checkpoint
+from mmengine.config import Config
+from mmengine.logging import MessageHub
+from mmengine.runner.checkpoint import (CheckpointLoader, load_checkpoint,
+                                        save_checkpoint)
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from acmix_mm.models import ACmixResNet, ACmixSwinTransformer
+from acmix_mm.testing import build_model
+from acmix_mm.utils.checkpoint import (CheckpointMismatchError,
+                                       InvalidCheckpointError,
+                                       UntrustedCheckpointError,
+                                       pop_module_weights,
+                                       trust_local_checkpoints)
 from acmix_reference import RefResNetACmix, RefSwinACmix, randomize_
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +89,14 @@ def test_converter_tool_output_loads_without_conversion(
     again = subprocess.run([sys.executable, str(tool), str(path), str(out)],
                            capture_output=True, text=True)
     assert again.returncode != 0 and '--force' in again.stderr
+    # The script reads checkpoints like the backbones do.
+    broken = tmp_path / 'broken.pth'
+    broken.write_bytes(path.read_bytes()[:1000])
+    failed = subprocess.run([sys.executable, str(tool), str(broken),
+                             str(tmp_path / 'none.pth')],
+                            capture_output=True, text=True)
+    assert failed.returncode != 0
+    assert f'error: {broken} is not a valid checkpoint' in failed.stderr
 
     model = ACmixSwinTransformer(
         drop_path_rate=0., init_cfg=dict(type='Pretrained',
@@ -321,3 +341,209 @@ def test_arch_presets_and_overrides():
                                   num_heads=(2, 4, 8, 16))
     assert custom.num_features == [64, 128, 256, 512]
     assert custom.stages[0].blocks[0].attn.num_heads == 2
+
+
+LAYOUT_V01 = json.loads(
+    (REPO / 'tests/fixtures/checkpoint_layout_v0.1.json').read_text())
+TOY_CONFIGS = {
+    'toy-det': REPO / 'configs/toy/mask-rcnn_acmix-swin-mini_fpn_toy-coco.py',
+    'toy-seg': REPO / 'configs/toy/acmix-r26-mini_upernet_toy-ade20k.py',
+}
+
+
+class Holder(nn.Module):
+    """A stand-in for a detector: the backbone under ``backbone.``."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = nn.Linear(2, 2)
+
+
+def random_weights(shapes: dict) -> dict:
+    torch.manual_seed(0)
+    return {key: torch.randn(shape) if len(shape) else torch.tensor(7)
+            for key, shape in shapes.items()}
+
+
+@pytest.fixture
+def trusted_local_files(monkeypatch):
+    """trust_local_checkpoints() for one test (as the scripts call it)."""
+    monkeypatch.setattr(CheckpointLoader, '_schemes',
+                        dict(CheckpointLoader._schemes))
+    trust_local_checkpoints()
+
+
+@pytest.mark.parametrize('toy', ['toy-det', 'toy-seg'])
+def test_version_0_1_work_dir_checkpoint_loads_into_whole_model(
+        toy, tmp_path, trusted_local_files):
+    model = build_model(Config.fromfile(str(TOY_CONFIGS[toy])))
+    backbone = random_weights(LAYOUT_V01[f'{toy} backbone'])
+    state_dict = {key: value for key, value in model.state_dict().items()
+                  if not key.startswith('backbone.')}
+    state_dict.update((f'backbone.{key}', value)
+                      for key, value in backbone.items())
+    message_hub = MessageHub.get_instance(f'v01-{toy}')
+    message_hub.update_scalar('train/loss', np.float64(1.5))
+    path = tmp_path / 'iter_4.pth'
+    # What Runner.save_checkpoint of version 0.1 wrote.
+    torch.save({'meta': dict(epoch=0, iter=4, mmengine_version='0.10.7',
+                             seed=0, experiment_name=toy),
+                'state_dict': state_dict,
+                'message_hub': message_hub.state_dict(),
+                'optimizer': {'state': {}, 'param_groups': []},
+                'param_schedulers': []}, path)
+
+    fresh = build_model(Config.fromfile(str(TOY_CONFIGS[toy])))
+    load_checkpoint(fresh, str(path), strict=True)
+    for key, value in fresh.backbone.state_dict().items():
+        torch.testing.assert_close(value, backbone[key], atol=0, rtol=0,
+                                   msg=key)
+
+
+def test_version_0_1_converted_swin_loads_through_pretrained(tmp_path):
+    weights = random_weights(LAYOUT_V01['acmix-swin-t converted'])
+    path = tmp_path / 'acmix_swin_tiny_mm.pth'
+    torch.save({'state_dict': weights}, path)
+    model = ACmixSwinTransformer(
+        arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    state = model.state_dict()
+    assert set(state) - set(weights) == {
+        f'norm{i}.{p}' for i in range(3) for p in ('weight', 'bias')}
+    for key, value in weights.items():
+        torch.testing.assert_close(state[key], value, atol=0, rtol=0,
+                                   msg=key)
+
+
+def test_reference_layout_and_table_resize_through_load_from(
+        reference_swin_checkpoint, tmp_path):
+    ref, path = reference_swin_checkpoint
+    # A whole model whose backbone weights are the reference's own keys.
+    whole = tmp_path / 'reference_in_detector.pth'
+    torch.save({'state_dict': {f'backbone.{key}': value for key, value in
+                               ref.state_dict().items()}}, whole)
+    holder = Holder(ACmixSwinTransformer(drop_path_rate=0.))
+    load_checkpoint(holder, str(whole))
+    expected = ACmixSwinTransformer(
+        drop_path_rate=0., init_cfg=dict(type='Pretrained',
+                                         checkpoint=str(path)))
+    expected.init_weights()
+    for key, value in expected.state_dict().items():
+        assert torch.equal(holder.backbone.state_dict()[key], value), key
+
+    # Window 4 -> 6: the relative position tables are resized on load.
+    source = Holder(randomize_(ACmixSwinTransformer(**SMALL_SWIN)))
+    small = tmp_path / 'w4_detector.pth'
+    save_checkpoint({'state_dict': source.state_dict()}, str(small))
+    target = Holder(ACmixSwinTransformer(**dict(SMALL_SWIN, window_size=6)))
+    load_checkpoint(target, str(small), strict=True)
+    attn = target.backbone.stages[0].blocks[0].attn
+    assert attn.relative_position_bias_table.shape == (11 * 11, 1)
+    torch.testing.assert_close(attn.qkv.weight,
+                               source.backbone.stages[0].blocks[0].attn.qkv
+                               .weight)
+
+
+def test_wrapper_prefixes_are_removed():
+    state_dict = {'backbone.module.conv1.weight': 1, 'neck.x': 2}
+    assert pop_module_weights(state_dict, 'backbone.') == {'conv1.weight': 1}
+    assert state_dict == {'neck.x': 2}
+    whole_ddp = {'module.backbone.conv1.weight': 1, 'module.neck.x': 2}
+    assert pop_module_weights(whole_ddp, '') == {'conv1.weight': 1}
+
+
+R26_INTO_R50 = ('layer1.1, layer1.2, layer2.2, layer2.3, layer3.4, layer3.5, '
+                'layer4.1, layer4.2')
+
+
+def test_shallower_resnet_checkpoint_is_an_error_unless_partial(tmp_path):
+    r26 = randomize_(ACmixResNet(26, base_channels=16))
+    path = tmp_path / 'r26.pth'
+    torch.save({'state_dict': r26.state_dict()}, path)
+    pretrained = dict(type='Pretrained', checkpoint=str(path))
+
+    r50 = ACmixResNet(50, base_channels=16, init_cfg=pretrained)
+    with pytest.raises(CheckpointMismatchError) as error:
+        r50.init_weights()
+    message = str(error.value)
+    assert message.startswith(f'{path}: the checkpoint has no weights for '
+                              f'these parts of ACmixResNet: {R26_INTO_R50}.')
+    assert 'allow_partial_checkpoint=True' in message
+    assert 'tools/' not in message
+
+    # The same check guards load_from of a whole model.
+    whole = tmp_path / 'r26_detector.pth'
+    torch.save({'state_dict': Holder(r26).state_dict()}, whole)
+    with pytest.raises(CheckpointMismatchError, match=R26_INTO_R50):
+        load_checkpoint(Holder(ACmixResNet(50, base_channels=16)), str(whole))
+
+    partial = ACmixResNet(50, base_channels=16, init_cfg=pretrained,
+                          allow_partial_checkpoint=True)
+    untouched = partial.layer3[5].conv1.weight.clone()
+    partial.init_weights()
+    assert torch.equal(partial.layer3[3].conv2.rate1, r26.layer3[3].conv2
+                       .rate1)
+    assert torch.equal(partial.layer3[5].conv1.weight, untouched)
+
+
+def test_swin_checkpoint_of_fewer_blocks_names_them(tmp_path):
+    path = tmp_path / 'shallow.pth'
+    torch.save(ACmixSwinTransformer(**SMALL_SWIN).state_dict(), path)
+    deeper = ACmixSwinTransformer(
+        **dict(SMALL_SWIN, depths=(2, 2, 4, 2)),
+        init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'ACmixSwinTransformer: stages\.2\.blocks\.2, '
+                       r'stages\.2\.blocks\.3\.'):
+        deeper.init_weights()
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'empty',
+                                    'tensor', 'no tensors'])
+@pytest.mark.parametrize('trusted', [False, True])
+def test_unreadable_checkpoints_are_not_valid(damage, trusted, tmp_path,
+                                              monkeypatch):
+    monkeypatch.setattr(CheckpointLoader, '_schemes',
+                        dict(CheckpointLoader._schemes))
+    if trusted:
+        trust_local_checkpoints()
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': ACmixResNet(26).state_dict()}, good)
+    path = tmp_path / f'{damage}.pth'
+    content = {
+        'truncated': good.read_bytes()[:good.stat().st_size // 2],
+        'garbage': b'<html>404 Not Found</html>' * 40,
+        'empty': b'',
+    }
+    if damage in content:
+        path.write_bytes(content[damage])
+    else:
+        torch.save(torch.zeros(3) if damage == 'tensor' else
+                   {'epoch': 3}, path)
+    model = ACmixResNet(26, init_cfg=dict(type='Pretrained',
+                                          checkpoint=str(path)))
+    with pytest.raises(InvalidCheckpointError,
+                       match=f'{path} is not a valid checkpoint'):
+        model.init_weights()
+    if trusted and damage in content:  # the scripts' load_from route
+        with pytest.raises(InvalidCheckpointError,
+                           match=f'{path} is not a valid checkpoint'):
+            load_checkpoint(Holder(ACmixResNet(26)), str(path))
+
+
+def test_checkpoint_with_objects_asks_for_trust(tmp_path, monkeypatch):
+    monkeypatch.setattr(CheckpointLoader, '_schemes',
+                        dict(CheckpointLoader._schemes))
+    path = tmp_path / 'with_numpy.pth'
+    torch.save({'state_dict': ACmixResNet(26).state_dict(),
+                'meta': {'hist': np.zeros(3)}}, path)
+    model = ACmixResNet(26, init_cfg=dict(type='Pretrained',
+                                          checkpoint=str(path)))
+    with pytest.raises(UntrustedCheckpointError) as error:
+        model.init_weights()
+    message = str(error.value)
+    assert 'acmix_mm.utils.trust_local_checkpoints()' in message
+    assert 'numpy' in message and 'tools/' not in message
+    trust_local_checkpoints()
+    model.init_weights()

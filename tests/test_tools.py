@@ -192,6 +192,10 @@ def test_missing_checkpoints_are_named(workspace):
     result = tool(workspace, 'train.py', SEG, '--resume', 'gone.pth',
                   check=False)
     assert result.returncode != 0 and 'gone.pth' in result.stderr
+    (workspace / 'broken.pth').write_bytes(b'<html>404</html>' * 50)
+    result = tool(workspace, 'test.py', SEG, 'broken.pth', check=False)
+    assert result.returncode != 0
+    assert 'broken.pth is not a valid checkpoint' in result.stderr
 
 
 def test_channel_mismatch_is_named(workspace):

@@ -29,15 +29,59 @@ class CheckpointMismatchError(ValueError):
     """The weights of a checkpoint do not fit the model."""
 
 
+class InvalidCheckpointError(ValueError):
+    """A file that is not a readable checkpoint."""
+
+
 class UntrustedCheckpointError(ValueError):
     """A checkpoint stores objects torch only unpickles from trusted files."""
+
+
+def _torch_reason(error: Exception) -> str:
+    """The informative line of a torch.load error."""
+    text = str(error)
+    unsupported = re.search(r'Unsupported global: GLOBAL (\S+)', text)
+    if unsupported:
+        return f'it stores {unsupported.group(1)}'
+    unpickler = re.search(r'WeightsUnpickler error:\s*(.+)', text)
+    if unpickler:
+        return unpickler.group(1).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _load_error(filename: str, error: Exception) -> ValueError:
+    """The error to raise when torch cannot load a local file."""
+    if isinstance(error, pickle.UnpicklingError) and \
+            'Weights only load failed' in str(error) and \
+            'Unsupported operand' not in str(error):  # else not a pickle
+        return UntrustedCheckpointError(
+            f'{filename} stores Python objects besides tensors '
+            f'({_torch_reason(error)}), which torch only unpickles from '
+            f'trusted files. If you trust it, call '
+            f'acmix_mm.utils.trust_local_checkpoints() before loading it, or '
+            f'save its weights alone with torch.save')
+    if isinstance(error, ModuleNotFoundError):
+        return InvalidCheckpointError(
+            f'unpickling {filename} needs the Python module {error.name!r} '
+            f'(saved with the weights, e.g. a training config); install it '
+            f'and try again')
+    return InvalidCheckpointError(
+        f'{filename} is not a valid checkpoint: torch cannot read it '
+        f'({_torch_reason(error)}). It may be truncated (an interrupted '
+        f'download or save) or not a file written by torch.save; download '
+        f'or save it again')
 
 
 def _load_local_trusted(filename: str, map_location=None) -> dict:
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    return torch.load(filename, map_location=map_location, weights_only=False)
+        raise FileNotFoundError(f'checkpoint not found: {filename}')
+    try:
+        return torch.load(filename, map_location=map_location,
+                          weights_only=False)
+    except Exception as error:  # torch raises many types for damaged files
+        raise _load_error(filename, error) from error
 
 
 def trust_local_checkpoints() -> None:
@@ -48,20 +92,11 @@ def trust_local_checkpoints() -> None:
     load by default (``weights_only=True``); resuming, ``load_from`` and
     testing would fail. The training and test scripts call this for local
     files, which are the user's own; as with any pickle, only load
-    checkpoints you trust. Remote checkpoints keep mmengine's default loading.
+    checkpoints you trust. Remote checkpoints keep mmengine's default
+    loading. Damaged files are reported as not valid checkpoints.
     """
     CheckpointLoader.register_scheme(prefixes='', force=True)(
         _load_local_trusted)
-
-
-def _torch_reason(error: Exception) -> str:
-    """The informative line of a torch.load error."""
-    text = str(error)
-    unsupported = re.search(r'Unsupported global: GLOBAL (\S+)', text)
-    if unsupported:
-        return f'it stores {unsupported.group(1)}'
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def read_checkpoint(filename: str) -> dict:
@@ -69,45 +104,27 @@ def read_checkpoint(filename: str) -> dict:
 
     Raises:
         FileNotFoundError: no such local file.
-        ValueError: the file is not a valid checkpoint (damaged, truncated or
-            not written by torch.save).
+        InvalidCheckpointError: the file is not a valid checkpoint (damaged,
+            truncated or not written by torch.save).
         UntrustedCheckpointError: the file stores Python objects that torch
             only unpickles from trusted files.
     """
     local = '://' not in filename
     if local and not osp.isfile(osp.expanduser(filename)):
         raise FileNotFoundError(f'checkpoint not found: {filename}')
-    invalid = (f'{filename} is not a valid checkpoint: torch cannot read it '
-               f'({{reason}}). It may be truncated (an interrupted download '
-               f'or save) or not a file written by torch.save; download or '
-               f'save it again')
     try:
         checkpoint = CheckpointLoader.load_checkpoint(
             filename, map_location='cpu', logger='current')
-    except pickle.UnpicklingError as error:
-        if 'Weights only load failed' not in str(error):
-            raise ValueError(invalid.format(reason=_torch_reason(error))) \
-                from error
-        raise UntrustedCheckpointError(
-            f'{filename} stores Python objects besides tensors '
-            f'({_torch_reason(error)}), which torch only unpickles from '
-            f'trusted files. If you trust it, call '
-            f'acmix_mm.utils.trust_local_checkpoints() before loading it, or '
-            f'save its weights alone with torch.save') from error
-    except ModuleNotFoundError as error:
-        raise ValueError(
-            f'unpickling {filename} needs the Python module {error.name!r} '
-            f'(saved with the weights, e.g. a training config); install it '
-            f'and try again') from error
-    except Exception as error:  # torch raises many types for damaged files
+    except (InvalidCheckpointError, UntrustedCheckpointError):
+        raise  # from the trusted loader
+    except Exception as error:
         if not local:
             raise
-        raise ValueError(invalid.format(reason=_torch_reason(error))) \
-            from error
+        raise _load_error(filename, error) from error
     if not isinstance(checkpoint, dict):
-        raise ValueError(f'{filename} is not a valid checkpoint: it holds a '
-                         f'{type(checkpoint).__name__}, not a dict of '
-                         f'weights')
+        raise InvalidCheckpointError(
+            f'{filename} is not a valid checkpoint: it holds a '
+            f'{type(checkpoint).__name__}, not a dict of weights')
     return checkpoint
 
 
@@ -116,8 +133,9 @@ def read_weights(filename: str) -> StateDict:
     ``state_dict`` (mmengine) or ``model`` (the reference code).
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`read_checkpoint`; also a
-            ValueError when the file holds no tensors.
+        FileNotFoundError, InvalidCheckpointError, UntrustedCheckpointError:
+            see :func:`read_checkpoint`; also InvalidCheckpointError when the
+            file holds no tensors.
     """
     checkpoint = read_checkpoint(filename)
     for key in ('state_dict', 'model'):
@@ -128,8 +146,9 @@ def read_weights(filename: str) -> StateDict:
                           if isinstance(value, Tensor))
     if not weights:
         entries = ', '.join(map(str, list(checkpoint)[:5]))
-        raise ValueError(f'{filename} is not a valid checkpoint: it holds no '
-                         f'tensors (entries: {entries})')
+        raise InvalidCheckpointError(
+            f'{filename} is not a valid checkpoint: it holds no tensors '
+            f'(entries: {entries})')
     return weights
 
 
