@@ -33,7 +33,7 @@ def run_benchmark(out_dir: Path, *args: str, cpu: bool = True) -> dict:
     """Run the script with ``--quick`` into ``out_dir``; its JSON result."""
     env = dict(os.environ)
     # conftest selects Triton's interpreter without a GPU; the benchmark
-    # must see plain CPU tensors (the fused rows then record their error).
+    # must see plain CPU tensors (the triton rows then record their error).
     env.pop('TRITON_INTERPRET', None)
     if cpu:
         # One thread: the shapes are tiny and CI's few cores are shared.
@@ -76,7 +76,7 @@ def test_quick_op_section_on_cpu(tmp_path):
     for shape in shapes:
         assert_ran(rows['reference', shape], TOLERANCE)
         # The Triton kernels need CUDA tensors: recorded, not raised.
-        fused = rows['fused', shape]
+        fused = rows['triton', shape]
         assert 'CUDA' in fused['error'] and 'forward_ms' not in fused
         # FlexAttention runs uncompiled on the CPU, forward only (no CPU
         # backward in torch): whatever it computed must be right.
@@ -165,7 +165,7 @@ def test_shape_names_and_prefixes():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_quick_op_section_on_gpu(tmp_path):
     """Every implementation runs (compiled FlexAttention included) and
-    agrees with the reference; fused rows report per-kernel times and the
+    agrees with the reference; triton rows report per-kernel times and the
     tuning configs."""
     result = run_benchmark(tmp_path, '--sections', 'op', '--dtype',
                            'float32', cpu=False)
@@ -178,7 +178,7 @@ def test_quick_op_section_on_gpu(tmp_path):
         assert row['peak_mib'] > 0
     for shape in ('quick/s1', 'quick/s2', 'quick/tiny'):
         assert rows['flex', shape]['compiled'] is True
-        fused = rows['fused', shape]
+        fused = rows['triton', shape]
         assert all(fused['kernel_ms'][k] > 0 for k in
                    ('forward', 'grad_query', 'grad_key_value')), fused
         assert all(fused['tuning_configs'].values()), fused

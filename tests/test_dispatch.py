@@ -1,8 +1,10 @@
-"""attn_impl='auto' falls back to the reference, with one warning per
-reason, wherever the fused kernels cannot run; attn_impl='fused' raises a
-RuntimeError naming the reason. Each case is simulated on the CPU: 'auto' is
-made to prefer the fused kernels as it does for CUDA tensors, and the
-kernels run in Triton's interpreter (tests/conftest.py)."""
+"""The one choice of attention backend (acmix_mm.ops.dispatch).
+
+'auto' takes the first backend of its order that can run and warns once per
+reason when it skips one; a named backend runs or raises a RuntimeError
+naming the reason; 'fused' and backends of the other op raise ValueError.
+The CUDA fallbacks are simulated on the CPU: 'auto' is given the CUDA order
+and the Triton kernels run in Triton's interpreter (tests/conftest.py)."""
 import sys
 import types
 import warnings
@@ -10,69 +12,137 @@ import warnings
 import pytest
 import torch
 
-pytest.importorskip('triton')
+from acmix_mm.models.layers import ACmix
+from acmix_mm.ops import (BACKENDS, LOCAL_ATTENTION, WINDOW_ATTENTION,
+                          choose_backend, dispatch, local_attention,
+                          local_attention_reference, window_attention,
+                          window_attention_reference)
+from acmix_mm.ops import triton as triton_backend
+from acmix_reference import randomize_
 
-from acmix_mm.models.layers import ACmix  # noqa: E402
-from acmix_mm.ops import dispatch, triton_kernels  # noqa: E402
-from acmix_mm.ops import local_attention, local_attention_reference  # noqa
-from acmix_reference import randomize_  # noqa: E402
-
-ON_CUDA = torch.cuda.is_available()
-DEVICE = 'cuda' if ON_CUDA else 'cpu'
-FALLBACK = 'falls back to the reference'
+FALLBACK = "'auto' does not run"
+RUN_TIME_FALLBACK = 'falls back to the reference'
+CUDA_ORDER = ('triton', 'flex', 'reference')
 
 
 @pytest.fixture(autouse=True)
 def fresh_dispatch(monkeypatch):
-    """No failures or warnings recorded yet; 'auto' prefers the fused
-    kernels as on CUDA; no pinned tuning config."""
-    monkeypatch.setattr(dispatch, '_FAILED_VARIANTS', {})
+    """No decisions, failures or warnings recorded yet."""
     monkeypatch.setattr(dispatch, '_WARNED', set())
-    monkeypatch.setattr(dispatch, 'fused_preferred', lambda q: True)
-    monkeypatch.delenv(triton_kernels.TUNING_CONFIG_ENV,
-                       raising=False)
-    dispatch.triton_unavailable_reason.cache_clear()
+    monkeypatch.setattr(triton_backend, '_FAILED_VARIANTS', {})
+    choose_backend.cache_clear()
+    triton_backend.triton_unavailable_reason.cache_clear()
     yield
-    dispatch.triton_unavailable_reason.cache_clear()
+    choose_backend.cache_clear()
+    triton_backend.triton_unavailable_reason.cache_clear()
 
 
-def leaf_qkv(head_dim=8, dtype=torch.float32):
+def cuda_order_on_cpu(monkeypatch, order=CUDA_ORDER):
+    """'auto' tries the backends as on CUDA (or in ``order``)."""
+    monkeypatch.setitem(dispatch.AUTO_ORDER, (LOCAL_ATTENTION, 'cpu'), order)
+
+
+def leaf_qkv(head_dim=8):
     """q, k, v (1, 2, head_dim, 6, 7) that require grad."""
-    values = torch.randn(3, 1, 2, head_dim, 6, 7, dtype=dtype, device=DEVICE)
-    return [t.requires_grad_() for t in values.unbind(0)]
+    return [t.requires_grad_() for t in torch.randn(3, 1, 2, head_dim, 6, 7)]
 
 
-def outputs_and_grads(attn_impl, q, k, v, kernel_size=3, stride=1):
-    out = local_attention(q, k, v, kernel_size, stride, 0.5, attn_impl)
-    grads = torch.autograd.grad((out * torch.arange(out.numel()).view_as(
-        out).to(out)).sum(), (q, k, v))
-    return out, grads
+def outputs_and_grads(attention, q, k, v):
+    out = attention(q, k, v, 3, 1, 0.5)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    return out, torch.autograd.grad((out * weights).sum(), (q, k, v))
 
 
-def assert_matches_reference(q, k, v, out, grads, kernel_size=3, stride=1):
-    expected_out = local_attention_reference(q, k, v, kernel_size, stride,
-                                             0.5)
-    expected_grads = torch.autograd.grad(
-        (expected_out * torch.arange(expected_out.numel()).view_as(
-            expected_out).to(expected_out)).sum(), (q, k, v))
+def assert_matches_reference(q, k, v, attn_impl):
+    out, grads = outputs_and_grads(
+        lambda *args: local_attention(*args, attn_impl=attn_impl), q, k, v)
+    expected_out, expected_grads = outputs_and_grads(
+        local_attention_reference, q, k, v)
     torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
     for grad, expected in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-5)
 
 
-def fallback_warnings(caught):
-    return [str(w.message) for w in caught if FALLBACK in str(w.message)]
-
-
-def auto_fallback_warnings(q, k, v, calls=3):
+def auto_warnings(q, k, v, calls=3):
     """Run 'auto' ``calls`` times, each matching the reference; the
-    fallback warnings it gave."""
+    warnings of skipped backends and run-time fallbacks it gave."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         for _ in range(calls):
-            assert_matches_reference(q, k, v, *outputs_and_grads(
-                'auto', q, k, v))
-    return fallback_warnings(caught)
+            assert_matches_reference(q, k, v, 'auto')
+    return [str(w.message) for w in caught
+            if FALLBACK in str(w.message)
+            or RUN_TIME_FALLBACK in str(w.message)]
+
+
+# ------------------------------------------------------------ 'auto' on CPU
+
+
+def test_auto_on_cpu_is_the_reference_for_local_attention():
+    decision = choose_backend(LOCAL_ATTENTION, 'auto', 'cpu', torch.float32,
+                              16, 7, 1, True)
+    assert decision.backend == 'reference'
+    assert dict(decision.rejected).keys() == {'triton', 'flex'}
+    assert all("'auto' does not use it on the CPU" in reason
+               for _, reason in decision.rejected)
+    assert 'runs reference' in decision.explain()
+
+
+def test_auto_on_cpu_is_sdpa_for_window_attention():
+    decision = choose_backend(WINDOW_ATTENTION, 'auto', 'cpu', torch.float32,
+                              32)
+    assert decision.backend == 'sdpa'
+    assert decision.rejected == (('reference', "'auto' prefers sdpa"), )
+
+
+def test_decision_is_made_once_per_call_site():
+    args = (LOCAL_ATTENTION, 'auto', 'cpu', torch.float32, 16, 7, 1, False)
+    assert choose_backend(*args) is choose_backend(*args)
+    assert choose_backend.cache_info().misses == 1
+
+
+def test_cpu_auto_never_warns():
+    q, k, v = leaf_qkv()
+    assert auto_warnings(q, k, v) == []
+
+
+# ------------------------------------------- 'auto' fallbacks, one warning
+
+
+def test_missing_triton_falls_back_with_one_warning(monkeypatch):
+    cuda_order_on_cpu(monkeypatch, ('triton', 'reference'))
+    monkeypatch.setitem(sys.modules, 'triton', None)
+    q, k, v = leaf_qkv()
+    messages = auto_warnings(q, k, v)
+    assert len(messages) == 1
+    assert 'with triton: Triton is not installed' in messages[0]
+
+
+def test_old_triton_falls_back_with_one_warning(monkeypatch):
+    cuda_order_on_cpu(monkeypatch, ('triton', 'reference'))
+    monkeypatch.setitem(sys.modules, 'triton',
+                        types.SimpleNamespace(__version__='2.0.0'))
+    q, k, v = leaf_qkv()
+    messages = auto_warnings(q, k, v)
+    assert len(messages) == 1 and 'Triton 2.0.0 is older than 2.1' in \
+        messages[0]
+
+
+def test_unsupported_head_dim_falls_back_with_one_warning(monkeypatch):
+    pytest.importorskip('triton')
+    cuda_order_on_cpu(monkeypatch, ('triton', 'reference'))
+    q, k, v = leaf_qkv(head_dim=4)  # the kernels need a multiple of 8
+    messages = auto_warnings(q, k, v)
+    assert len(messages) == 1 and 'head_dim' in messages[0]
+
+
+def test_flex_without_cpu_backward_falls_back_with_one_warning(monkeypatch):
+    cuda_order_on_cpu(monkeypatch, ('flex', 'reference'))
+    q, k, v = leaf_qkv()
+    messages = auto_warnings(q, k, v)
+    assert len(messages) == 1
+    assert 'with flex: FlexAttention has no backward on the CPU' in \
+        messages[0]
 
 
 class FailingKernel:
@@ -92,55 +162,32 @@ class FailingKernel:
 
 
 def break_kernel(monkeypatch, name):
+    triton_kernels = pytest.importorskip('acmix_mm.ops.triton_kernels')
     kernel = FailingKernel()
     monkeypatch.setitem(triton_kernels._AUTOTUNED, name, kernel)
+    monkeypatch.delenv(triton_kernels.TUNING_CONFIG_ENV, raising=False)
     return kernel
 
 
-def test_auto_falls_back_once_when_a_kernel_fails_to_compile(monkeypatch):
-    kernel = break_kernel(monkeypatch, 'forward')
+@pytest.mark.parametrize('name', ['forward', 'grad_key_value'])
+def test_failing_kernel_falls_back_with_one_warning(monkeypatch, name):
+    cuda_order_on_cpu(monkeypatch)
+    kernel = break_kernel(monkeypatch, name)
     q, k, v = leaf_qkv()
-    messages = auto_fallback_warnings(q, k, v)
+    messages = auto_warnings(q, k, v)
     assert kernel.calls == 1  # the failed variant is not tried again
-    assert len(messages) == 1
-    assert 'forward kernel failed to compile or launch' in messages[0]
-    assert 'PassManager::run failed' in messages[0]
-    # Once known to fail, 'fused' names the reason before launching.
-    with pytest.raises(RuntimeError, match="'fused' cannot run: the fused "
-                       'forward kernel failed'):
-        local_attention(q, k, v, 3, 1, 0.5, 'fused')
-
-
-def test_fused_raises_when_a_kernel_fails(monkeypatch):
-    break_kernel(monkeypatch, 'forward')
-    q, k, v = leaf_qkv()
-    with pytest.raises(RuntimeError, match='forward kernel failed to compile'
-                       ' or launch.*PassManager'):
-        local_attention(q, k, v, 3, 1, 0.5, 'fused')
-
-
-def test_auto_falls_back_when_a_backward_kernel_fails(monkeypatch):
-    kernel = break_kernel(monkeypatch, 'grad_key_value')
-    q, k, v = leaf_qkv()
-    messages = auto_fallback_warnings(q, k, v, calls=2)
-    assert kernel.calls == 1
-    assert len(messages) == 1 and 'grad_key_value kernel' in messages[0]
-
-
-def test_fused_raises_when_a_backward_kernel_fails(monkeypatch):
-    break_kernel(monkeypatch, 'grad_query')
-    q, k, v = leaf_qkv()
-    with pytest.raises(RuntimeError, match='grad_query kernel failed'):
-        outputs_and_grads('fused', q, k, v)
+    assert len(messages) == 1 and RUN_TIME_FALLBACK in messages[0]
+    assert f'{name} kernel failed to compile or launch' in messages[0]
 
 
 def test_layer_with_auto_trains_through_a_failing_kernel(monkeypatch):
+    cuda_order_on_cpu(monkeypatch)
     break_kernel(monkeypatch, 'forward')
     reference = randomize_(ACmix(8, 16, kernel_att=5, head=2,
-                                 attn_impl='reference')).to(DEVICE)
-    auto = ACmix(8, 16, kernel_att=5, head=2, attn_impl='auto').to(DEVICE)
+                                 attn_impl='reference'))
+    auto = ACmix(8, 16, kernel_att=5, head=2, attn_impl='auto')
     auto.load_state_dict(reference.state_dict())
-    images = torch.randn(2, 8, 7, 9, device=DEVICE)
+    images = torch.randn(2, 8, 7, 9)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         outs = [layer(images) for layer in (auto, reference)]
@@ -149,34 +196,7 @@ def test_layer_with_auto_trains_through_a_failing_kernel(monkeypatch):
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    assert len(fallback_warnings(caught)) == 1
-
-
-def test_old_triton_falls_back_or_raises(monkeypatch):
-    version = '2.0.0'
-    monkeypatch.setitem(sys.modules, 'triton',
-                        types.SimpleNamespace(__version__=version))
-    q, k, v = leaf_qkv()
-    messages = auto_fallback_warnings(q, k, v)
-    assert len(messages) == 1
-    assert f'Triton {version} is older than 2.1' in messages[0]
-    with pytest.raises(RuntimeError, match=f'Triton {version} is older'):
-        local_attention(q, k, v, 3, 1, 0.5, 'fused')
-
-
-def test_missing_triton_is_named(monkeypatch):
-    monkeypatch.setitem(sys.modules, 'triton', None)
-    q, k, v = leaf_qkv()
-    with pytest.raises(RuntimeError, match='Triton is not installed'):
-        local_attention(q, k, v, 3, 1, 0.5, 'fused')
-
-
-def test_unsupported_head_dim_falls_back_with_one_warning():
-    q, k, v = leaf_qkv(head_dim=4)  # the kernels need a multiple of 8
-    messages = auto_fallback_warnings(q, k, v)
-    assert len(messages) == 1 and 'head_dim' in messages[0]
-    with pytest.raises(RuntimeError, match="'fused' cannot run.*head_dim"):
-        local_attention(q, k, v, 3, 1, 0.5, 'fused')
+    assert sum(RUN_TIME_FALLBACK in str(w.message) for w in caught) == 1
 
 
 def test_reference_never_warns(monkeypatch):
@@ -184,15 +204,70 @@ def test_reference_never_warns(monkeypatch):
     q, k, v = leaf_qkv()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        assert_matches_reference(q, k, v, *outputs_and_grads(
-            'reference', q, k, v))
-    assert not fallback_warnings(caught)
+        assert_matches_reference(q, k, v, 'reference')
+    assert not caught
 
 
-@pytest.mark.parametrize('text', ['4', '4,3', 'four,two'])
-def test_bad_pinned_tuning_config_is_named(monkeypatch, text):
-    monkeypatch.setenv(triton_kernels.TUNING_CONFIG_ENV, text)
+# ------------------------------------------------------ named backends
+
+
+def test_named_backend_that_cannot_run_raises_with_the_reason(monkeypatch):
+    q, k, v = leaf_qkv(head_dim=4)
+    with pytest.raises(RuntimeError, match="'flex' cannot run "
+                       'local_attention here: FlexAttention has no backward'):
+        local_attention(q, k, v, 3, attn_impl='flex')
+    monkeypatch.setitem(sys.modules, 'triton', None)
+    with pytest.raises(RuntimeError, match="'triton' cannot run "
+                       'local_attention here: Triton is not installed'):
+        local_attention(q, k, v, 3, attn_impl='triton')
+
+
+def test_named_triton_raises_for_unsupported_head_dim():
+    pytest.importorskip('triton')
+    q, k, v = leaf_qkv(head_dim=4)
+    with pytest.raises(RuntimeError, match="'triton' cannot run.*head_dim"):
+        local_attention(q, k, v, 3, attn_impl='triton')
+
+
+def test_named_triton_raises_when_a_kernel_fails(monkeypatch):
+    break_kernel(monkeypatch, 'grad_query')
     q, k, v = leaf_qkv()
-    with pytest.raises(ValueError, match='ACMIX_TUNING_CONFIG must be one of'
-                       " '4,1', '4,2', '8,1', '8,2'"):
-        local_attention(q, k, v, 3, 1, 0.5, 'auto')
+    with pytest.raises(RuntimeError, match='grad_query kernel failed'):
+        outputs_and_grads(
+            lambda *args: local_attention(*args, attn_impl='triton'), q, k,
+            v)
+
+
+def test_fused_names_its_replacements():
+    q, k, v = leaf_qkv()
+    with pytest.raises(ValueError, match="'fused' was replaced by.*'triton'"
+                       ".*'flex'.*'sdpa'"):
+        local_attention(q, k, v, 3, attn_impl='fused')
+    with pytest.raises(ValueError, match="'fused' was replaced"):
+        ACmix(8, 16, attn_impl='fused')
+
+
+@pytest.mark.parametrize('op,attn_impl', [(LOCAL_ATTENTION, 'sdpa'),
+                                          (WINDOW_ATTENTION, 'triton'),
+                                          (WINDOW_ATTENTION, 'flex')])
+def test_backend_of_another_op_names_the_right_ones(op, attn_impl):
+    with pytest.raises(ValueError) as error:
+        choose_backend(op, attn_impl, 'cpu', torch.float32, 8)
+    assert f'{attn_impl!r} does not implement {op}' in str(error.value)
+    assert str(BACKENDS[op]) in str(error.value)
+
+
+def test_unknown_attn_impl_lists_the_values():
+    with pytest.raises(ValueError, match="must be one of \\('auto', "
+                       "'reference', 'triton', 'flex', 'sdpa'\\)"):
+        choose_backend(LOCAL_ATTENTION, 'fast', 'cpu', torch.float32, 8)
+
+
+def test_window_attention_backends_match():
+    q, k, v = torch.randn(3, 4, 2, 16, 8).unbind(0)
+    bias = torch.randn(2, 2, 16, 16)
+    expected = window_attention_reference(q, k, v, bias, 0.3)
+    for attn_impl in ('auto', 'sdpa', 'reference'):
+        torch.testing.assert_close(
+            window_attention(q, k, v, bias, 0.3, attn_impl=attn_impl),
+            expected, atol=1e-5, rtol=1e-5)

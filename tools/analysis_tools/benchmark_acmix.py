@@ -4,15 +4,16 @@ Section ``op``: ACmix's local attention (4 heads, 7x7 window) at the shapes
 of ACmix-ResNet-50's ACmix layers for ImageNet 224 (batch 64) and COCO
 800x1333 (batch 2), by four implementations:
 
-- ``fused``: acmix_mm's Triton kernels
+- ``triton``: acmix_mm's Triton kernels
   (``acmix_mm.ops.triton.local_attention``);
 - ``reference``: acmix_mm's PyTorch reference (``local_attention_reference``);
 - ``unfold``: the formulation of the original ACmix code, written here:
   reflection padding, ``F.unfold`` of k, v and the positional term, float32
   softmax over the window (it takes the raw keys and the positional term, the
   others their difference; the results are equal);
-- ``flex``: torch's FlexAttention (compiled): a block mask of the window and a
-  score modifier adding log(reflection multiplicity).
+- ``flex``: acmix_mm's FlexAttention backend (``acmix_mm.ops.flex``,
+  compiled): a block mask of the window and a score modifier adding
+  log(reflection multiplicity).
 
 Each (implementation, shape) row holds the median forward and
 forward+backward time, the peak memory of one call (above what was allocated
@@ -25,9 +26,15 @@ torch.profiler) and the (num_warps, num_stages) each kernel ran with. An
 error (out of memory, unsupported inputs, ...) is recorded in its row as
 ``error`` and the run goes on.
 
-Section ``backbone``: train-step images/s and peak memory of ACmix-R50 and
-ACmix-Swin-T (fused and reference attention) beside mmdet's ResNet-50 and
-Swin-T, 2x3x800x1333 images, AMP. Section ``mask_rcnn``: the same for one
+Section ``backbone``: train-step (forward, backward) images/s and peak
+memory of ACmix-R50 (each local-attention backend) and ACmix-Swin-T (each
+window-attention backend) beside mmdet's ResNet-50 and Swin-T, 2x3x800x1333
+images (``--image-size``), AMP; a backend that cannot run records why. This
+section also runs on the CPU (float32)::
+
+    python tools/analysis_tools/benchmark_acmix.py --sections backbone \\
+        --image-size 224 224 --repeats 5 --out-dir work_dirs/bench_cpu
+ Section ``mask_rcnn``: the same for one
 Mask R-CNN training step of ACmix-R50 vs ResNet-50 (needs mmcv's compiled
 ops).
 
@@ -50,21 +57,20 @@ time into one set of files.
 Usage:
     python tools/analysis_tools/benchmark_acmix.py --out-dir work_dirs/bench
     python tools/analysis_tools/benchmark_acmix.py --sections op \\
-        --impls fused flex --shapes coco in224/stage1
+        --impls triton flex --shapes coco in224/stage1
     python tools/analysis_tools/benchmark_acmix.py --quick
 
 ``--quick`` runs tiny shapes and inputs with few repeats to check the script,
-also on the CPU; there the fused rows record that the kernels need CUDA
+also on the CPU; there the triton rows record that the kernels need CUDA
 tensors, and FlexAttention runs uncompiled (compiling takes minutes there)
 and forward only (torch has no CPU backward for it). The ``op`` section
-needs only torch (and Triton for ``fused``); the others need mmdet (and
+needs only torch (and Triton for ``triton``); the others need mmdet (and
 mmcv) as well. ``ACMIX_TUNING_CONFIG='4,2'`` pins the fused kernels' tuning
 config.
 """
 import argparse
 import functools
 import gc
-import inspect
 import json
 import math
 import os
@@ -72,7 +78,6 @@ import os.path as osp
 import statistics
 import sys
 import time
-import warnings
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -84,7 +89,9 @@ try:
     import acmix_mm  # noqa: F401
 except ImportError:  # not installed: use the checkout this script is in
     sys.path.insert(0, REPO)
+from acmix_mm.ops import BACKENDS, LOCAL_ATTENTION, WINDOW_ATTENTION  # noqa
 from acmix_mm.ops import local_attention_reference  # noqa: E402
+from acmix_mm.ops.flex import flex_local_attention  # noqa: E402
 
 
 class OpShape(NamedTuple):
@@ -120,7 +127,7 @@ QUICK_SHAPES = [
     OpShape('quick/tiny', 1, 32, 3, 5, 1),
 ]
 HEADS, KERNEL = 4, 7
-IMPLS = ('fused', 'reference', 'unfold', 'flex')
+IMPLS = ('triton', 'reference', 'unfold', 'flex')
 SECTIONS = ('op', 'backbone', 'mask_rcnn')
 IMAGE_SIZE, QUICK_IMAGE_SIZE = (800, 1333), (64, 96)
 # Peak HBM bandwidth (bytes/s) by device name (first match), for the roofline.
@@ -160,6 +167,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         '(coco); default: all')
     parser.add_argument('--peak-bandwidth', type=float,
                         help='bytes/s (default: from the device name)')
+    parser.add_argument('--image-size', nargs=2, type=int,
+                        metavar=('H', 'W'),
+                        help='backbone and Mask R-CNN input (default: '
+                        f'{IMAGE_SIZE[0]} {IMAGE_SIZE[1]})')
     parser.add_argument('--quick', action='store_true',
                         help='tiny shapes, few repeats: checks the script')
     parser.add_argument('--merge', action='store_true',
@@ -337,101 +348,6 @@ def local_attention_unfold(q: Tensor, k: Tensor, v: Tensor, pe: Tensor,
     return out.view(batch, heads, dim, out_h, out_w)
 
 
-def reflect(positions: Tensor, size: int) -> Tensor:
-    """Reflection by repeated mirroring (period 2 * (size - 1); size 1 maps
-    every position to 0), as ``acmix_mm.ops.reflect_index``."""
-    if size == 1:
-        return torch.zeros_like(positions)
-    period = 2 * (size - 1)
-    folded = torch.remainder(positions, period)
-    return torch.where(folded < size, folded, period - folded)
-
-
-@functools.lru_cache(maxsize=None)
-def flex_attention_fn(compile: bool) -> Callable:
-    """torch's flex_attention, compiled once per process if ``compile``."""
-    from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False) if compile \
-        else flex_attention
-
-
-def create_block_mask(mask_mod: Callable, q_len: int, kv_len: int,
-                      device: torch.device, compile: bool):
-    """FlexAttention's block mask of ``mask_mod``, broadcast over batch and
-    heads; compiled if ``compile``, so the q_len x kv_len mask is never
-    materialised."""
-    from torch.nn.attention import flex_attention as flex
-    args = (mask_mod, None, None, q_len, kv_len)
-    if not compile:
-        return flex.create_block_mask(*args, device=device)
-    if '_compile' in inspect.signature(flex.create_block_mask).parameters:
-        with warnings.catch_warnings():  # newer torch deprecates _compile
-            warnings.simplefilter('ignore', DeprecationWarning)
-            return flex.create_block_mask(*args, device=device, _compile=True)
-    return torch.compile(flex.create_block_mask)(*args, device=device)
-
-
-def flex_local_attention(
-        height: int, width: int, kernel_size: int, stride: int,
-        device: torch.device,
-        compile: bool) -> Callable[[Tensor, Tensor, Tensor, float], Tensor]:
-    """The local attention on H x W maps through FlexAttention.
-
-    Every query attends to all key pixels; the block mask keeps the
-    kernel_size x kernel_size window around the query and the score modifier
-    adds log(multiplicity), the number of window offsets whose reflected
-    position is the key, so the result equals ``local_attention_reference``.
-    Builds the block mask now (outside any timed region).
-
-    Returns:
-        ``attention(q, k, v, scale)`` for (B, heads, D, H, W) q, k, v with
-        the positional term in k, like ``local_attention_reference``.
-    """
-    out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
-    half = kernel_size // 2
-
-    def positions(q_idx: Tensor, kv_idx: Tensor) -> Tuple[Tensor, ...]:
-        """(query row, query col, key row, key col) of token indices."""
-        return (q_idx // out_w * stride, q_idx % out_w * stride,
-                kv_idx // width, kv_idx % width)
-
-    def hits(query_pos: Tensor, key_pos: Tensor, size: int) -> Tensor:
-        """Window offsets along one axis whose reflection is ``key_pos``."""
-        count = torch.zeros_like(key_pos)
-        for offset in range(-half, half + 1):
-            count = count + (reflect(query_pos + offset, size) == key_pos)
-        return count
-
-    def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor,
-                  kv_idx: Tensor) -> Tensor:
-        query_y, query_x, key_y, key_x = positions(q_idx, kv_idx)
-        multiplicity = hits(query_y, key_y, height) * hits(
-            query_x, key_x, width)
-        return score + torch.log(multiplicity.to(score.dtype))
-
-    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor,
-                 kv_idx: Tensor) -> Tensor:
-        query_y, query_x, key_y, key_x = positions(q_idx, kv_idx)
-        return (((query_y - key_y).abs() <= half)
-                & ((query_x - key_x).abs() <= half))
-
-    block_mask = create_block_mask(mask_mod, out_h * out_w, height * width,
-                                   device, compile)
-    attention = flex_attention_fn(compile)
-
-    def tokens(maps: Tensor) -> Tensor:
-        """(B, heads, D, h, w) -> (B, heads, h * w, D), contiguous."""
-        return maps.flatten(3).transpose(2, 3).contiguous()
-
-    def run(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-        out = attention(tokens(q[..., ::stride, ::stride]), tokens(k),
-                        tokens(v), score_mod=score_mod,
-                        block_mask=block_mask, scale=scale)
-        return out.transpose(2, 3).reshape(*q.shape[:3], out_h, out_w)
-
-    return run
-
-
 # --------------------------------------------------------------- op section
 
 
@@ -488,7 +404,7 @@ def prepare(impl: str, inputs: OpInputs, device: torch.device
         flex = flex_local_attention(*q.shape[-2:], KERNEL, stride, device,
                                     compile=device.type == 'cuda')
         return (lambda: flex(q, k, v, scale)), (q, k, v)
-    if impl == 'fused':
+    if impl == 'triton':
         from acmix_mm.ops.triton import local_attention as attention
     else:
         attention = local_attention_reference
@@ -545,7 +461,7 @@ def benchmark_op(impl: str, shape: OpShape, inputs: OpInputs,
             map(max_abs_error, step(), inputs.grads_truth))
         row['forward_backward_ms'] = median_ms(step, device, repeats)
         row['peak_mib'] = peak_mib(step, device)
-        if impl == 'fused' and device.type == 'cuda':
+        if impl == 'triton' and device.type == 'cuda':
             from acmix_mm.ops.triton_kernels import \
                 last_tuning_configs
             row['tuning_configs'] = last_tuning_configs()
@@ -609,7 +525,9 @@ def measure_train_step(row: dict, make_step: Callable[[], Callable[[],
 
 def backbone_builders(quick: bool) -> Dict[str, Callable[[],
                                                          torch.nn.Module]]:
-    """Model name -> builder (one Swin block per stage if ``quick``)."""
+    """Model name -> builder: mmdet's ResNet-50 and Swin-T, and the ACmix
+    backbones with each backend of their attention (one Swin block per
+    stage if ``quick``)."""
     swin = dict(depths=(1, 1, 1, 1)) if quick else {}
 
     def resnet() -> torch.nn.Module:
@@ -630,19 +548,20 @@ def backbone_builders(quick: bool) -> Dict[str, Callable[[],
 
     return {
         'ResNet-50 (mmdet)': resnet,
-        'ACmix-R50 fused': functools.partial(acmix_resnet, 'fused'),
-        'ACmix-R50 reference': functools.partial(acmix_resnet, 'reference'),
+        **{f'ACmix-R50 {impl}': functools.partial(acmix_resnet, impl)
+           for impl in BACKENDS[LOCAL_ATTENTION]},
         'Swin-T (mmdet)': swin_t,
-        'ACmix-Swin-T fused': functools.partial(acmix_swin, 'fused'),
-        'ACmix-Swin-T reference': functools.partial(acmix_swin, 'reference'),
+        **{f'ACmix-Swin-T {impl}': functools.partial(acmix_swin, impl)
+           for impl in BACKENDS[WINDOW_ATTENTION]},
     }
 
 
 def benchmark_backbones(dtype: torch.dtype, device: torch.device,
-                        repeats: int, quick: bool, record: Record) -> None:
+                        repeats: int, quick: bool, size: Tuple[int, int],
+                        record: Record) -> None:
     """Record the train-step row (forward, backward of the mean of the
-    outputs) of each backbone on 2 images, with autocast to ``dtype``."""
-    size = QUICK_IMAGE_SIZE if quick else IMAGE_SIZE
+    outputs) of each backbone on 2 H x W images, with autocast to
+    ``dtype``."""
     images = torch.randn(2, 3, *size, device=device)
 
     def make_step(build: Callable[[], torch.nn.Module]
@@ -666,7 +585,8 @@ def benchmark_backbones(dtype: torch.dtype, device: torch.device,
 
 
 def benchmark_mask_rcnn(dtype: torch.dtype, device: torch.device,
-                        repeats: int, quick: bool, record: Record) -> None:
+                        repeats: int, size: Tuple[int, int],
+                        record: Record) -> None:
     """Record the rows of one Mask R-CNN training step (2 images, AMP on
     CUDA) with mmdet's ResNet-50 and with ACmix-R50 (attn_impl 'auto')."""
     configs = {
@@ -676,7 +596,6 @@ def benchmark_mask_rcnn(dtype: torch.dtype, device: torch.device,
         osp.join(REPO,
                  'configs/acmix_resnet/mask-rcnn_acmix-r50_fpn_1x_coco.py'),
     }
-    size = QUICK_IMAGE_SIZE if quick else IMAGE_SIZE
 
     def make_step(path: str) -> Callable[[], object]:
         from mmengine.config import Config
@@ -871,9 +790,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     device = torch.device('cuda', torch.cuda.current_device()) \
         if torch.cuda.is_available() else torch.device('cpu')
-    if device.type != 'cuda' and not args.quick:
-        raise SystemExit('error: the benchmark needs a CUDA GPU (or --quick '
-                         'to check the script on the CPU)')
+    if device.type != 'cuda' and not args.quick \
+            and set(args.sections) != {'backbone'}:
+        raise SystemExit('error: the op and mask_rcnn sections need a CUDA '
+                         'GPU (or --quick to check the script on the CPU)')
+    size = tuple(args.image_size or
+                 (QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE))
     shapes = select_shapes(
         QUICK_SHAPES if args.quick else IMAGENET_SHAPES + COCO_SHAPES,
         args.shapes)
@@ -902,9 +824,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         'op': functools.partial(benchmark_ops, shapes, args.impls, dtype,
                                 device, repeats, bandwidth),
         'backbone': functools.partial(benchmark_backbones, dtype, device,
-                                      repeats, args.quick),
+                                      repeats, args.quick, size),
         'mask_rcnn': functools.partial(benchmark_mask_rcnn, dtype, device,
-                                       repeats, args.quick),
+                                       repeats, size),
     }
     for section in SECTIONS:
         if section in args.sections:
