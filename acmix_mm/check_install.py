@@ -3,9 +3,11 @@
     python -m acmix_mm.check_install [--ops-only]
 
 Prints the versions of torch, CUDA, Triton, mmengine, mmcv (and whether its
-ops were compiled with CUDA), mmdet and mmseg; which attention
-implementations can run here and, for each that cannot, why; then runs
-checks: the reference op, on a GPU the fused op against the reference
+ops were compiled with CUDA), mmdet and mmseg; each attention backend, the
+ops it implements, whether it can run here (for inference and training)
+and, where it cannot, why, as ``acmix_mm.ops.choose_backend`` decides, and
+what ``attn_impl='auto'`` picks; then runs checks: the reference op, on a
+GPU the Triton backend against the reference
 (forward and backward, float32 and bfloat16), and both backbones built from
 the mmdet and mmseg registries. Exit status 1 if a check fails; checks that
 cannot run here (the GPU ones on a CPU-only machine) are skipped.
@@ -22,18 +24,20 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from acmix_mm.ops.dispatch import triton_unavailable_reason
+from acmix_mm.ops.dispatch import (BACKENDS, LOCAL_ATTENTION,
+                                   WINDOW_ATTENTION, choose_backend)
 from acmix_mm.ops.reference import local_attention_reference
 from acmix_mm.version import __version__
 
 OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg')
-# Fused op check: (B, heads, D, H, W) q, k, v, 7x7 window, strides 1 and 2.
-FUSED_SHAPE = (2, 2, 16, 23, 29)
+# Triton backend check: (B, heads, D, H, W) q, k, v, 7x7 window, strides 1
+# and 2.
+TRITON_SHAPE = (2, 2, 16, 23, 29)
 KERNEL_SIZE = 7
 # float32 (3xTF32 or exact dots): error per unit of the result's magnitude.
 FLOAT32_TOLERANCE = 1e-4
-# bfloat16: the fused op may be at most this many times less accurate than
-# the reference computed in bfloat16 (both against float64).
+# bfloat16: the Triton backend may be at most this many times less accurate
+# than the reference computed in bfloat16 (both against float64).
 BFLOAT16_FACTOR = 2.0
 
 
@@ -98,18 +102,38 @@ def environment_lines() -> List[Tuple[str, str]]:
 
 
 def backend_lines() -> List[Tuple[str, str]]:
-    """(attn_impl, whether it runs here and why not)."""
-    triton_reason = triton_unavailable_reason()
-    if triton_reason is None and not torch.cuda.is_available():
-        triton_reason = 'no CUDA GPU (the Triton kernels need CUDA tensors)'
-    fused = 'runs here' if triton_reason is None else \
-        f'cannot run here: {triton_reason}'
-    return [
-        ('reference', 'runs here (plain PyTorch, both layer flavours)'),
-        ('fused', f'ResNet-ACmix (Triton kernels): {fused}'),
-        ('', 'Swin-ACmix (scaled_dot_product_attention windows): runs here'),
-        ('auto', 'fused for CUDA tensors where it can run, else reference'),
-    ]
+    """(attn_impl, the ops it implements and whether it runs here, else
+    why not), for float32 inputs on this machine's device; then what 'auto'
+    picks for each op."""
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+    def decide(op: str, attn_impl: str, training: bool):
+        return choose_backend(op, attn_impl, device, torch.float32, 32, 7, 1,
+                              training)
+
+    def availability(op: str, backend: str) -> str:
+        reasons = []
+        for training in (False, True):
+            try:
+                decide(op, backend, training)
+            except RuntimeError as error:
+                reasons.append(str(error).split(' here: ', 1)[-1])
+        if not reasons:
+            return 'runs here'
+        if len(reasons) == 1:
+            return f'runs here for inference only: {reasons[0]}'
+        return f'cannot run here: {reasons[0]}'
+
+    lines = []
+    for backend in ('triton', 'flex', 'sdpa', 'reference'):
+        ops = [op for op in (LOCAL_ATTENTION, WINDOW_ATTENTION)
+               if backend in BACKENDS[op]]
+        lines.append((backend, f'{" and ".join(ops)}: '
+                      f'{availability(ops[0], backend)}'))
+    picks = ', '.join(f'{op} -> {decide(op, "auto", True).backend}'
+                      for op in (LOCAL_ATTENTION, WINDOW_ATTENTION))
+    lines.append(('auto', f'{picks} (training, float32, {device})'))
+    return lines
 
 
 def max_error(actual: Tensor, expected: Tensor) -> float:
@@ -137,29 +161,30 @@ def check_reference() -> Check:
                  '' if finite else 'non-finite results')
 
 
-def check_fused(dtype: torch.dtype, stride: int) -> Check:
-    """Fused op vs the float64 reference on the GPU, forward and grads."""
-    name = f'fused vs reference, {str(dtype)[6:]}, stride {stride}'
+def check_triton(dtype: torch.dtype, stride: int) -> Check:
+    """Triton backend vs the float64 reference on the GPU, forward and
+    grads."""
+    name = f'triton vs reference, {str(dtype)[6:]}, stride {stride}'
     if not torch.cuda.is_available():
         return Check('SKIP', name, 'no CUDA GPU')
-    reason = triton_unavailable_reason()
+    from acmix_mm.ops import triton
+    reason = triton.triton_unavailable_reason()
     if reason is not None:
         return Check('FAIL', name, reason)
-    from acmix_mm.ops.triton import local_attention_fused
     generator = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(3, *FUSED_SHAPE, generator=generator).cuda()
-    out_shape = (*FUSED_SHAPE[:3], -(-FUSED_SHAPE[3] // stride),
-                 -(-FUSED_SHAPE[4] // stride))
+    q, k, v = torch.randn(3, *TRITON_SHAPE, generator=generator).cuda()
+    out_shape = (*TRITON_SHAPE[:3], -(-TRITON_SHAPE[3] // stride),
+                 -(-TRITON_SHAPE[4] // stride))
     grad_out = torch.randn(out_shape, generator=generator).cuda()
     truth = outputs_and_grads(local_attention_reference, q.double(),
                               k.double(), v.double(), stride, grad_out)
     inputs = [t.to(dtype) for t in (q, k, v)]
     try:
-        fused = outputs_and_grads(local_attention_fused, *inputs, stride,
-                                  grad_out)
+        results = outputs_and_grads(triton.local_attention, *inputs,
+                                    stride, grad_out)
     except Exception as error:
         return Check('FAIL', name, f'{type(error).__name__}: {error}')
-    errors = [max_error(a, b) for a, b in zip(fused, truth)]
+    errors = [max_error(a, b) for a, b in zip(results, truth)]
     if dtype == torch.float32:
         limits = [FLOAT32_TOLERANCE * max(1., t.abs().max().item())
                   for t in truth]
@@ -233,7 +258,7 @@ def check_mmcv_cuda_ops() -> Check:
 
 def run_checks(ops_only: bool) -> List[Check]:
     checks = [check_reference()]
-    checks += [check_fused(dtype, stride)
+    checks += [check_triton(dtype, stride)
                for dtype in (torch.float32, torch.bfloat16)
                for stride in (1, 2)]
     if not ops_only:
@@ -256,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         'the OpenMMLab packages and models')
     args = parser.parse_args(argv)
     print_table('Environment', environment_lines())
-    print_table('Attention implementations (attn_impl)', backend_lines())
+    print_table('Attention backends (attn_impl)', backend_lines())
     checks = run_checks(args.ops_only)
     print('\nChecks')
     for check in checks:

@@ -38,8 +38,7 @@ def test_ops_import_and_run_without_openmmlab():
     result = run_python(WITHOUT_OPENMMLAB + textwrap.dedent("""
         import torch
         from acmix_mm.ops import local_attention, local_attention_reference
-        from acmix_mm.ops.triton import (
-            LocalAttentionFunction, local_attention_fused)
+        from acmix_mm.ops import triton
         from acmix_mm.ops.triton_kernels import (
             local_attention_backward, local_attention_forward)
         try:
@@ -55,8 +54,8 @@ def test_ops_import_and_run_without_openmmlab():
         expected = local_attention_reference(q, k, v, 5, 2, 0.5)
         expected_grads = torch.autograd.grad(expected.sum(), (q, k, v))
         for out in (local_attention(q, k, v, 5, 2, 0.5),
-                    local_attention_fused(q, k, v, 5, 2, 0.5),
-                    LocalAttentionFunction.apply(q, k, v, 5, 2, 0.5, None)):
+                    local_attention(q, k, v, 5, 2, 0.5, attn_impl='triton'),
+                    triton.local_attention(q, k, v, 5, 2, 0.5)):
             torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
             grads = torch.autograd.grad(out.sum(), (q, k, v))
             for grad, reference in zip(grads, expected_grads):
@@ -99,12 +98,19 @@ def test_check_install_reports_this_machine():
     assert 'PASS  mmdet builds acmix_mm.ACmixResNet' in out
     assert 'PASS  mmseg builds acmix_mm.ACmixSwinTransformer' in out
     assert ' 0 failed' in out
+    assert '  triton      local_attention: ' in out
+    assert '  flex        local_attention: ' in out
+    assert '  sdpa        window_attention: runs here' in out
+    assert '  reference   local_attention and window_attention: runs here' \
+        in out
     if ON_CUDA:
-        assert out.count('PASS  fused vs reference') == 4
+        assert '  auto        local_attention -> triton, window_attention ' \
+            '-> sdpa' in out
+        assert out.count('PASS  triton vs reference') == 4
     else:
-        assert 'fused       ResNet-ACmix (Triton kernels): cannot run here: ' \
-            'no CUDA GPU' in out
-        assert out.count('SKIP  fused vs reference') == 4
+        assert '  auto        local_attention -> reference, ' \
+            'window_attention -> sdpa' in out
+        assert out.count('SKIP  triton vs reference') == 4
 
 
 def test_check_install_fails_without_openmmlab():
