@@ -31,6 +31,9 @@ def parse_args() -> argparse.Namespace:
         'checkpoint in the work dir (iteration, optimizer, schedulers)')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (CUDA)')
+    parser.add_argument('--compile', action='store_true',
+                        help="torch.compile the model's train_step "
+                        "(mmengine's compile=True)")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. '
                         'train_cfg.max_iters=100')
@@ -59,6 +62,8 @@ def main() -> None:
             raise SystemExit('error: --amp needs a CUDA device')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.compile:
+        cfg.compile = True
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
