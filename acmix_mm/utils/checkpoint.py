@@ -203,7 +203,7 @@ def unloaded_layers(own_keys: Iterable[str], loaded_keys: Iterable[str],
         parts = owner.split('.')
         for depth in range(1, len(parts) + 1):
             ancestor = '.'.join(parts[:depth])
-            if not any(loaded for name, loaded in owner_loaded.items()
+            if not any(done for name, done in owner_loaded.items()
                        if _is_under(name, [ancestor])):
                 layers.append(ancestor)
                 break
