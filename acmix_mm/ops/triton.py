@@ -85,12 +85,8 @@ def _fall_back(error: RuntimeError) -> None:
     """Remember the failed kernel variant (a ``KernelError``) and warn once
     that the reference takes over."""
     _FAILED_VARIANTS[error.variant] = str(error)
-    from . import dispatch
-    if hasattr(dispatch, 'warn_fallback'):
-        dispatch.warn_fallback(str(error))
-    else:
-        dispatch.warn_once('ACmix local attention falls back to the '
-                           f'reference implementation: {error}')
+    from .dispatch import warn_fallback
+    warn_fallback(str(error))
 
 
 def _variant_failed(q: Tensor, kernel_size: int, stride: int) -> bool:
