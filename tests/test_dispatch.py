@@ -30,10 +30,10 @@ def fresh_dispatch(monkeypatch):
     """No decisions, failures or warnings recorded yet."""
     monkeypatch.setattr(dispatch, '_WARNED', set())
     monkeypatch.setattr(triton_backend, '_FAILED_VARIANTS', {})
-    choose_backend.cache_clear()
+    dispatch.clear_decisions()
     triton_backend.triton_unavailable_reason.cache_clear()
     yield
-    choose_backend.cache_clear()
+    dispatch.clear_decisions()
     triton_backend.triton_unavailable_reason.cache_clear()
 
 
@@ -98,7 +98,7 @@ def test_auto_on_cpu_is_sdpa_for_window_attention():
 def test_decision_is_made_once_per_call_site():
     args = (LOCAL_ATTENTION, 'auto', 'cpu', torch.float32, 16, 7, 1, False)
     assert choose_backend(*args) is choose_backend(*args)
-    assert choose_backend.cache_info().misses == 1
+    assert dispatch._decide.cache_info().misses == 1
 
 
 def test_cpu_auto_never_warns():

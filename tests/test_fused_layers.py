@@ -1,5 +1,7 @@
-"""attn_impl='fused' against attn_impl='reference' for the layers and the
-backbones: same parameters, same results, forward and backward. Without a
+"""The fast backends ('triton' for ACmix, 'sdpa' for ShiftWindowACmix, the
+convolution path folded) against attn_impl='reference' with the convolution
+path as written, for the layers and the backbones: same parameters, same
+results, forward and backward. Without a
 GPU the Triton kernels run in Triton's interpreter (tests/conftest.py).
 float32 comparisons run with TF32 off (cuDNN uses it by default on CUDA)."""
 import importlib.util
@@ -11,7 +13,7 @@ import torch.multiprocessing as mp
 
 from acmix_mm.models import ACmixResNet, ACmixSwinTransformer
 from acmix_mm.models.layers import ACmix, ShiftWindowACmix
-from acmix_mm.ops import local_attention, resolve_attn_impl
+from acmix_mm.ops import LOCAL_ATTENTION, choose_backend, local_attention
 from acmix_reference import randomize_
 from ddp_gradients import ddp_gradients_worker
 
@@ -34,10 +36,15 @@ def float32_without_tf32():
         = flags
 
 
+FAST_BACKEND = {ACmix: 'triton', ACmixResNet: 'triton',
+                ShiftWindowACmix: 'sdpa', ACmixSwinTransformer: 'sdpa'}
+
+
 def fused_and_reference(module_cls, *args, **kwargs):
     reference = randomize_(module_cls(*args, attn_impl='reference',
-                                      **kwargs))
-    fused = module_cls(*args, attn_impl='fused', **kwargs)
+                                      conv_path='as_written', **kwargs))
+    fused = module_cls(*args, attn_impl=FAST_BACKEND[module_cls],
+                       conv_path='folded', **kwargs)
     fused.load_state_dict(reference.state_dict())
     return fused.to(DEVICE), reference.to(DEVICE)
 
@@ -88,14 +95,14 @@ def test_swin_backbone_fused_matches_reference():
                 atol=1e-4, rtol=1e-3)
 
 
-def test_auto_is_reference_on_cpu_and_fused_needs_supported_inputs():
-    q = torch.randn(1, 2, 8, 5, 5)
-    assert resolve_attn_impl('auto', q, q, q, 7, 1) == 'reference'
+def test_auto_is_reference_on_cpu_and_triton_needs_supported_inputs():
+    assert choose_backend(LOCAL_ATTENTION, 'auto', 'cpu', torch.float32, 8,
+                          7, 1).backend == 'reference'
     odd = torch.randn(1, 2, 4, 5, 5)  # head_dim 4: below the kernels' 8
-    with pytest.raises(RuntimeError, match="attn_impl='fused' cannot run.*"
+    with pytest.raises(RuntimeError, match="attn_impl='triton' cannot run.*"
                        'head_dim'):
-        local_attention(odd, odd, odd, 7, 1, attn_impl='fused')
-    layer = ACmix(8, 8, head=2, attn_impl='fused')  # head_dim 4
+        local_attention(odd, odd, odd, 7, 1, attn_impl='triton')
+    layer = ACmix(8, 8, head=2, attn_impl='triton')  # head_dim 4
     with pytest.raises(RuntimeError, match='head_dim'):
         layer(torch.randn(1, 8, 6, 6))
 

@@ -47,9 +47,10 @@ ATTN_IMPLS = ('auto', 'reference', 'triton', 'flex', 'sdpa')
 # offset. SDPA runs flash / memory-efficient kernels where the reference
 # materialises the logits. (No GPU was at hand to measure this order; the
 # README's GPU benchmark command measures it.)
-# CPU: measured (README, "CPU timings"): the reference beats eager
-# FlexAttention (which has no CPU backward either) and the Triton
-# interpreter by far; SDPA beats the explicit softmax.
+# CPU: measured (README, "Attention backends"): eager FlexAttention has no
+# CPU backward and the Triton interpreter is far slower than the reference;
+# SDPA ties with the explicit softmax in a Swin-T train step and does not
+# materialise the logits, so it comes first.
 AUTO_ORDER: Dict[Tuple[str, str], Tuple[str, ...]] = {
     (LOCAL_ATTENTION, 'cuda'): ('triton', 'flex', 'reference'),
     (LOCAL_ATTENTION, 'cpu'): ('reference', ),
@@ -60,8 +61,8 @@ AUTO_ORDER: Dict[Tuple[str, str], Tuple[str, ...]] = {
 AUTO_SKIPS_ON_CPU = {
     'triton': ("'auto' does not use it on the CPU: the Triton interpreter is "
                'far slower than the reference'),
-    'flex': ("'auto' does not use it on the CPU: eager FlexAttention is "
-             'slower than the reference there and has no backward'),
+    'flex': ("'auto' does not use it on the CPU: eager FlexAttention "
+             'materialises every logit and has no backward there'),
 }
 
 _WARNED: Set[str] = set()
@@ -146,11 +147,11 @@ def _example_inputs(op: str, device_type: str, dtype: torch.dtype,
 
 
 @torch.compiler.assume_constant_result
-@functools.lru_cache(maxsize=None)
 def choose_backend(op: str, attn_impl: str, device_type: str,
                    dtype: torch.dtype, head_dim: int, kernel_size: int = 0,
                    stride: int = 1, requires_grad: bool = False) -> Decision:
-    """The backend computing ``op`` for one call site.
+    """The backend computing ``op`` for one call site, decided on the
+    first call with these arguments (a constant to ``torch.compile``).
 
     Args:
         op: :data:`LOCAL_ATTENTION` or :data:`WINDOW_ATTENTION`.
@@ -168,6 +169,21 @@ def choose_backend(op: str, attn_impl: str, device_type: str,
             'fused', which the backend names replaced).
         RuntimeError: a named backend that cannot run here, with the reason.
     """
+    return _decide(op, attn_impl, device_type, dtype, head_dim, kernel_size,
+                   stride, requires_grad)
+
+
+def clear_decisions() -> None:
+    """Forget every decision, e.g. after installing Triton."""
+    _decide.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _decide(op: str, attn_impl: str, device_type: str, dtype: torch.dtype,
+            head_dim: int, kernel_size: int, stride: int,
+            requires_grad: bool) -> Decision:
+    """:func:`choose_backend`, cached (Dynamo traces into lru_cache
+    wrappers, so the constant marker sits on a plain function)."""
     check_attn_impl(attn_impl, op)
     inputs = _example_inputs(op, device_type, dtype, head_dim, requires_grad)
 
