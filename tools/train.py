@@ -12,6 +12,7 @@ import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
+from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -45,6 +46,21 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+class PlainParamGroupsHook(Hook):
+    """Turns the optimizers' parameter groups into plain dicts before
+    training. mmengine builds them as ``ConfigDict``; torch.compile of the
+    train step (``compile=True``) fails in the optimizer step on those
+    (Dynamo of torch 2.13: 'UserDefinedDictVariable' object has no attribute
+    'items')."""
+
+    def before_train(self, runner) -> None:
+        wrappers = getattr(runner.optim_wrapper, '_optim_wrappers', None) \
+            or {'': runner.optim_wrapper}
+        for wrapper in wrappers.values():
+            groups = wrapper.optimizer.param_groups
+            groups[:] = [dict(group) for group in groups]
+
+
 def main() -> None:
     args = parse_args()
     trust_local_checkpoints()
@@ -63,7 +79,12 @@ def main() -> None:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.compile:
-        cfg.compile = True
+        # Static shapes unless the config's compile dict says otherwise:
+        # mmseg's decode and auxiliary heads share their loss code at two
+        # map sizes, and the recompile with symbolic sizes fails in Inductor.
+        cfg.compile = cfg.get('compile') or {}
+        if isinstance(cfg.compile, dict):
+            cfg.compile.setdefault('dynamic', False)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
@@ -81,6 +102,8 @@ def main() -> None:
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else \
         RUNNERS.build(cfg)
     check_feature_channels(runner.model)
+    if cfg.get('compile'):
+        runner.register_hook(PlainParamGroupsHook(), priority='VERY_HIGH')
     runner.train()
 
 
