@@ -1,4 +1,5 @@
-"""ACmix backbones (ResNet-ACmix, Swin-ACmix) for mmdetection and mmsegmentation.
+"""ACmix backbones (ResNet-ACmix, Swin-ACmix) for mmdetection and
+mmsegmentation.
 
 Importing the package imports nothing from OpenMMLab, so ``acmix_mm.ops`` (the
 ACmix operators) works with only torch installed. The models register in the

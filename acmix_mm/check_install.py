@@ -24,8 +24,8 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from acmix_mm.ops.dispatch import (BACKENDS, LOCAL_ATTENTION,
-                                   WINDOW_ATTENTION, choose_backend)
+from acmix_mm.ops.dispatch import (BACKENDS, LOCAL_ATTENTION, WINDOW_ATTENTION,
+                                   choose_backend)
 from acmix_mm.ops.reference import local_attention_reference
 from acmix_mm.version import __version__
 
@@ -81,15 +81,15 @@ def gpu_description() -> str:
     names = []
     for index in range(torch.cuda.device_count()):
         major, minor = torch.cuda.get_device_capability(index)
-        names.append(f'{torch.cuda.get_device_name(index)} (sm_{major}{minor})')
+        names.append(
+            f'{torch.cuda.get_device_name(index)} (sm_{major}{minor})')
     return ', '.join(names)
 
 
 def environment_lines() -> List[Tuple[str, str]]:
     """(name, description) of every component."""
     cuda = f'CUDA {torch.version.cuda}' if torch.version.cuda else 'CPU build'
-    lines = [('acmix_mm', __version__),
-             ('Python', platform.python_version()),
+    lines = [('acmix_mm', __version__), ('Python', platform.python_version()),
              ('torch', f'{torch.__version__} ({cuda})'),
              ('GPU', gpu_description())]
     for name in ('triton', ) + OPENMMLAB:
@@ -126,8 +126,10 @@ def backend_lines() -> List[Tuple[str, str]]:
 
     lines = []
     for backend in ('triton', 'flex', 'sdpa', 'reference'):
-        ops = [op for op in (LOCAL_ATTENTION, WINDOW_ATTENTION)
-               if backend in BACKENDS[op]]
+        ops = [
+            op for op in (LOCAL_ATTENTION, WINDOW_ATTENTION)
+            if backend in BACKENDS[op]
+        ]
         lines.append((backend, f'{" and ".join(ops)}: '
                       f'{availability(ops[0], backend)}'))
     picks = ', '.join(f'{op} -> {decide(op, "auto", True).backend}'
@@ -180,23 +182,27 @@ def check_triton(dtype: torch.dtype, stride: int) -> Check:
                               k.double(), v.double(), stride, grad_out)
     inputs = [t.to(dtype) for t in (q, k, v)]
     try:
-        results = outputs_and_grads(triton.local_attention, *inputs,
-                                    stride, grad_out)
+        results = outputs_and_grads(triton.local_attention, *inputs, stride,
+                                    grad_out)
     except Exception as error:
         return Check('FAIL', name, f'{type(error).__name__}: {error}')
     errors = [max_error(a, b) for a, b in zip(results, truth)]
     if dtype == torch.float32:
-        limits = [FLOAT32_TOLERANCE * max(1., t.abs().max().item())
-                  for t in truth]
+        limits = [
+            FLOAT32_TOLERANCE * max(1.,
+                                    t.abs().max().item()) for t in truth
+        ]
     else:
-        rounded = outputs_and_grads(local_attention_reference, *inputs,
-                                    stride, grad_out)
-        limits = [BFLOAT16_FACTOR * max_error(a, b) + 1e-6
-                  for a, b in zip(rounded, truth)]
+        rounded = outputs_and_grads(local_attention_reference, *inputs, stride,
+                                    grad_out)
+        limits = [
+            BFLOAT16_FACTOR * max_error(a, b) + 1e-6
+            for a, b in zip(rounded, truth)
+        ]
     passed = all(e <= limit for e, limit in zip(errors, limits))
-    detail = ', '.join(f'{label} {e:.1e} (limit {limit:.1e})'
-                       for label, e, limit in zip(('out', 'dq', 'dk', 'dv'),
-                                                  errors, limits))
+    detail = ', '.join(
+        f'{label} {e:.1e} (limit {limit:.1e})'
+        for label, e, limit in zip(('out', 'dq', 'dk', 'dv'), errors, limits))
     return Check('PASS' if passed else 'FAIL', name, f'max error: {detail}')
 
 
@@ -207,21 +213,25 @@ def check_openmmlab() -> List[Check]:
     for name in OPENMMLAB:
         version, note = module_version(name)
         if version is None:
-            checks.append(Check('FAIL', f'import {name}',
-                                f'{note}; the models and configs need it'))
+            checks.append(
+                Check('FAIL', f'import {name}',
+                      f'{note}; the models and configs need it'))
     if checks:
         return checks
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda':
         checks.append(check_mmcv_cuda_ops())
-    from mmengine.registry import DefaultScope
     from mmdet.registry import MODELS as MMDET_MODELS
+    from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS as MMSEG_MODELS
     backbones = [
         ('mmdet', MMDET_MODELS, dict(type='acmix_mm.ACmixResNet', depth=26)),
         ('mmseg', MMSEG_MODELS,
-         dict(type='acmix_mm.ACmixSwinTransformer', embed_dims=32,
-              depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))),
+         dict(
+             type='acmix_mm.ACmixSwinTransformer',
+             embed_dims=32,
+             depths=(1, 1, 1, 1),
+             num_heads=(1, 2, 4, 8))),
     ]
     for scope, registry, cfg in backbones:
         name = f'{scope} builds {cfg["type"]}, forward 1x3x64x64 on {device}'
@@ -233,8 +243,8 @@ def check_openmmlab() -> List[Check]:
             shapes = ' '.join('x'.join(map(str, o.shape[1:])) for o in outs)
             checks.append(Check('PASS', name, f'features {shapes}'))
         except Exception as error:
-            checks.append(Check('FAIL', name,
-                                f'{type(error).__name__}: {error}'))
+            checks.append(
+                Check('FAIL', name, f'{type(error).__name__}: {error}'))
     return checks
 
 
@@ -243,14 +253,15 @@ def check_mmcv_cuda_ops() -> Check:
     name = "mmcv's ops on the GPU (nms)"
     try:
         from mmcv.ops import nms
-        boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.],
-                              [20., 20., 30., 30.]], device='cuda')
-        _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7], device='cuda'),
-                      0.5)
+        boxes = torch.tensor(
+            [[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]],
+            device='cuda')
+        _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7], device='cuda'), 0.5)
     except Exception as error:
-        return Check('FAIL', name, f'{type(error).__name__}: {error}; '
-                     'rebuild mmcv with FORCE_CUDA=1 MMCV_WITH_OPS=1 (see '
-                     'the README) or install its prebuilt CUDA wheel')
+        return Check(
+            'FAIL', name, f'{type(error).__name__}: {error}; '
+            'rebuild mmcv with FORCE_CUDA=1 MMCV_WITH_OPS=1 (see '
+            'the README) or install its prebuilt CUDA wheel')
     ok = keep.tolist() == [0, 2]
     return Check('PASS' if ok else 'FAIL', name,
                  '' if ok else f'kept {keep.tolist()}, expected [0, 2]')
@@ -258,9 +269,10 @@ def check_mmcv_cuda_ops() -> Check:
 
 def run_checks(ops_only: bool) -> List[Check]:
     checks = [check_reference()]
-    checks += [check_triton(dtype, stride)
-               for dtype in (torch.float32, torch.bfloat16)
-               for stride in (1, 2)]
+    checks += [
+        check_triton(dtype, stride)
+        for dtype in (torch.float32, torch.bfloat16) for stride in (1, 2)
+    ]
     if not ops_only:
         checks += check_openmmlab()
     return checks
@@ -276,9 +288,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog='python -m acmix_mm.check_install',
         description='Check an acmix_mm installation.')
-    parser.add_argument('--ops-only', action='store_true',
-                        help='check only acmix_mm.ops (torch, Triton), not '
-                        'the OpenMMLab packages and models')
+    parser.add_argument(
+        '--ops-only',
+        action='store_true',
+        help='check only acmix_mm.ops (torch, Triton), not '
+        'the OpenMMLab packages and models')
     args = parser.parse_args(argv)
     print_table('Environment', environment_lines())
     print_table('Attention backends (attn_impl)', backend_lines())

@@ -9,5 +9,7 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
 MODELS = Registry(
-    'model', parent=MMENGINE_MODELS, scope='acmix_mm',
+    'model',
+    parent=MMENGINE_MODELS,
+    scope='acmix_mm',
     locations=['acmix_mm.models'])

@@ -21,8 +21,8 @@ def build_model(cfg: Config) -> nn.Module:
     scope = cfg.get('default_scope', 'mmdet')
     current = DefaultScope.get_current_instance()
     if current is None or current.scope_name != scope:
-        DefaultScope.get_instance(f'{scope}-{time.time_ns()}',
-                                  scope_name=scope)
+        DefaultScope.get_instance(
+            f'{scope}-{time.time_ns()}', scope_name=scope)
     return MODELS.build(cfg.model)
 
 
@@ -37,15 +37,19 @@ def _shape_masks(rng: np.random.RandomState, height: int, width: int,
         ry, rx = rng.uniform(0.1, 0.25) * height, rng.uniform(0.1,
                                                               0.25) * width
         masks[i] = ((ys - cy) / ry)**2 + ((xs - cx) / rx)**2 <= 1
-    boxes = np.array([[xs[m > 0].min(), ys[m > 0].min(), xs[m > 0].max() + 1,
-                       ys[m > 0].max() + 1] for m in masks],
+    boxes = np.array([[
+        xs[m > 0].min(), ys[m > 0].min(), xs[m > 0].max() + 1,
+        ys[m > 0].max() + 1
+    ] for m in masks],
                      dtype=np.float32)
     return masks, boxes
 
 
-def synthetic_batch(task: str, num_images: int = 2,
+def synthetic_batch(task: str,
+                    num_images: int = 2,
                     image_size: Tuple[int, int] = (64, 96),
-                    num_classes: int = 80, seed: int = 0) -> Dict:
+                    num_classes: int = 80,
+                    seed: int = 0) -> Dict:
     """A dataloader-style batch of random images with random annotations.
 
     Args:
@@ -61,12 +65,17 @@ def synthetic_batch(task: str, num_images: int = 2,
     """
     rng = np.random.RandomState(seed)
     height, width = image_size
-    meta = dict(img_shape=image_size, ori_shape=image_size,
-                scale_factor=(1., 1.), flip=False, flip_direction=None)
+    meta = dict(
+        img_shape=image_size,
+        ori_shape=image_size,
+        scale_factor=(1., 1.),
+        flip=False,
+        flip_direction=None)
     inputs, samples = [], []
     for index in range(num_images):
-        inputs.append(torch.from_numpy(
-            rng.randint(0, 256, (3, height, width), dtype=np.uint8)))
+        inputs.append(
+            torch.from_numpy(
+                rng.randint(0, 256, (3, height, width), dtype=np.uint8)))
         if task == 'mmdet':
             from mmdet.structures import DetDataSample
             from mmdet.structures.mask import BitmapMasks
@@ -113,7 +122,11 @@ def train_and_predict(model: nn.Module, cfg: Config, batch: Dict) -> Dict:
     with torch.no_grad():
         predictions = model.test_step(batch)
     predict_seconds = time.perf_counter() - start
-    return dict(losses={k: torch.as_tensor(v).item()
-                        for k, v in log_vars.items()},
-                predictions=predictions, train_seconds=train_seconds,
-                predict_seconds=predict_seconds)
+    return dict(
+        losses={
+            k: torch.as_tensor(v).item()
+            for k, v in log_vars.items()
+        },
+        predictions=predictions,
+        train_seconds=train_seconds,
+        predict_seconds=predict_seconds)

@@ -24,16 +24,21 @@ def mirror(index: int, size: int) -> int:
 def neighbourhood(size: int, kernel: int, stride: int) -> torch.Tensor:
     """(ceil(size / stride), kernel) source indices of each query's window."""
     half = kernel // 2
-    return torch.tensor([[mirror(stride * i + a - half, size)
-                          for a in range(kernel)]
-                         for i in range(math.ceil(size / stride))])
+    return torch.tensor(
+        [[mirror(stride * i + a - half, size) for a in range(kernel)]
+         for i in range(math.ceil(size / stride))])
 
 
 class RefACmix(nn.Module):
     """ACmix, convolutional flavour (specification section 2)."""
 
-    def __init__(self, in_planes, out_planes, kernel_att=7, head=4,
-                 kernel_conv=3, stride=1):
+    def __init__(self,
+                 in_planes,
+                 out_planes,
+                 kernel_att=7,
+                 head=4,
+                 kernel_conv=3,
+                 stride=1):
         super().__init__()
         self.head, self.kernel_att, self.kernel_conv = head, kernel_att, \
             kernel_conv
@@ -47,8 +52,12 @@ class RefACmix(nn.Module):
         self.conv_p = nn.Conv2d(2, self.head_dim, 1)
         self.fc = nn.Conv2d(3 * head, kernel_conv**2, 1, bias=False)
         self.dep_conv = nn.Conv2d(
-            kernel_conv**2 * self.head_dim, out_planes, kernel_conv,
-            stride=stride, padding=kernel_conv // 2, groups=self.head_dim,
+            kernel_conv**2 * self.head_dim,
+            out_planes,
+            kernel_conv,
+            stride=stride,
+            padding=kernel_conv // 2,
+            groups=self.head_dim,
             bias=False)
 
     def forward(self, x):
@@ -56,8 +65,7 @@ class RefACmix(nn.Module):
         b, c, h, w = q.shape
         s, ka = self.stride, self.kernel_att
         loc_w = torch.linspace(-1., 1., w, dtype=x.dtype).repeat(h, 1)
-        loc_h = torch.linspace(-1., 1., h, dtype=x.dtype)[:, None].repeat(
-            1, w)
+        loc_h = torch.linspace(-1., 1., h, dtype=x.dtype)[:, None].repeat(1, w)
         pe = self.conv_p(torch.stack([loc_w, loc_h])[None])[0]  # hd, h, w
 
         rows = neighbourhood(h, ka, s)  # ho, ka
@@ -79,9 +87,8 @@ class RefACmix(nn.Module):
         out_att = torch.einsum('bnxyac,bndxayc->bndxy', weights, vh)
         out_att = out_att.reshape(b, c, ho, wo)
 
-        maps = torch.cat([
-            t.view(b, self.head, self.head_dim, h * w) for t in (q, k, v)
-        ], 1)
+        maps = torch.cat(
+            [t.view(b, self.head, self.head_dim, h * w) for t in (q, k, v)], 1)
         f = self.fc(maps)  # b, kc^2, hd, hw
         f = f.permute(0, 2, 1, 3).reshape(b, -1, h, w)
         out_conv = self.dep_conv(f)
@@ -123,8 +130,9 @@ class RefResNetACmix(nn.Module):
                 nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
                 nn.BatchNorm2d(planes * 4))
             stage = [RefBottleneck(inplanes, planes, stride, downsample)]
-            stage += [RefBottleneck(planes * 4, planes)
-                      for _ in range(blocks - 1)]
+            stage += [
+                RefBottleneck(planes * 4, planes) for _ in range(blocks - 1)
+            ]
             setattr(self, f'layer{i + 1}', nn.Sequential(*stage))
             inplanes = planes * 4
         self.fc = nn.Linear(2048, num_classes)
@@ -147,8 +155,8 @@ class RefWindowACmix(nn.Module):
         self.dim, self.window, self.heads = dim, window, heads
         self.relative_position_bias_table = nn.Parameter(
             torch.randn((2 * window - 1)**2, heads) * 0.02)
-        ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window),
-                                indexing='ij')
+        ys, xs = torch.meshgrid(
+            torch.arange(window), torch.arange(window), indexing='ij')
         ys, xs = ys.flatten(), xs.flatten()
         index = ((ys[:, None] - ys[None] + window - 1) * (2 * window - 1) +
                  xs[:, None] - xs[None] + window - 1)
@@ -156,8 +164,13 @@ class RefWindowACmix(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.fc = nn.Conv2d(3 * heads, 9, 1, bias=True)
-        self.dep_conv = nn.Conv2d(9 * dim // heads, dim, 3, padding=1,
-                                  groups=dim // heads, bias=False)
+        self.dep_conv = nn.Conv2d(
+            9 * dim // heads,
+            dim,
+            3,
+            padding=1,
+            groups=dim // heads,
+            bias=False)
         self.rate1 = nn.Parameter(torch.full((1, ), 0.5))
         self.rate2 = nn.Parameter(torch.full((1, ), 0.5))
 
@@ -177,14 +190,14 @@ class RefWindowACmix(nn.Module):
         window_id = 0
         for i in range(0, h, ws):
             for j in range(0, w, ws):
-                tokens = qkv[:, i:i + ws, j:j + ws].reshape(b, ws * ws, 3, n,
-                                                            hd)
+                tokens = qkv[:, i:i + ws,
+                             j:j + ws].reshape(b, ws * ws, 3, n, hd)
                 q, k, v = tokens.permute(2, 0, 3, 1, 4)
                 attn = (q * hd**-0.5) @ k.transpose(-1, -2) + bias
                 if mask is not None:
                     attn = attn + mask[window_id]
-                y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(
-                    b, ws * ws, c)
+                y = (attn.softmax(-1) @ v).transpose(1,
+                                                     2).reshape(b, ws * ws, c)
                 out[:, i:i + ws, j:j + ws] = self.proj(y).view(b, ws, ws, c)
                 window_id += 1
         return self.rate1 * out + self.rate2 * out_conv
@@ -209,8 +222,10 @@ def shift_mask(h, w, window, shift):
         for cols in cuts:
             region[rows, cols] = label
             label += 1
-    windows = [region[i:i + window, j:j + window].flatten()
-               for i in range(0, h, window) for j in range(0, w, window)]
+    windows = [
+        region[i:i + window, j:j + window].flatten()
+        for i in range(0, h, window) for j in range(0, w, window)
+    ]
     labels = torch.stack(windows)
     diff = labels[:, None, :] - labels[:, :, None]
     return torch.where(diff != 0, -100., 0.)
@@ -258,8 +273,10 @@ class RefPatchMerging(nn.Module):
         h, w = self.resolution
         b, _, c = x.shape
         x = x.view(b, h, w, c)
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
-                       x[:, 1::2, 1::2]], -1)
+        x = torch.cat([
+            x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2,
+                                                                    1::2]
+        ], -1)
         return self.reduction(self.norm(x.view(b, -1, 4 * c)))
 
 
@@ -287,8 +304,13 @@ class RefPatchEmbed(nn.Module):
 class RefSwinACmix(nn.Module):
     """Swin-ACmix classifier at a fixed image size (section 3)."""
 
-    def __init__(self, img_size=224, embed_dim=96, depths=(2, 2, 6, 2),
-                 num_heads=(3, 6, 12, 24), window=7, num_classes=1000):
+    def __init__(self,
+                 img_size=224,
+                 embed_dim=96,
+                 depths=(2, 2, 6, 2),
+                 num_heads=(3, 6, 12, 24),
+                 window=7,
+                 num_classes=1000):
         super().__init__()
         self.patch_embed = RefPatchEmbed(embed_dim)
         res = img_size // 4
@@ -324,14 +346,15 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for name, param in module.named_parameters():
             scale = 0.5 if param.dim() > 1 else 0.2
-            param.copy_(torch.randn(param.shape, generator=gen) * scale /
-                        max(1., param[0].numel()**0.5))
+            param.copy_(
+                torch.randn(param.shape, generator=gen) * scale /
+                max(1., param[0].numel()**0.5))
         for m in module.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features,
-                                                 generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features,
-                                               generator=gen) + 0.5)
+                m.running_mean.copy_(
+                    torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(
+                    torch.rand(m.num_features, generator=gen) + 0.5)
                 m.weight.add_(1.)
             elif isinstance(m, nn.LayerNorm):
                 m.weight.add_(1.)

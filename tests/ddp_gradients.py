@@ -23,6 +23,8 @@ def ddp_gradients_worker(rank: int, port: int, device: str, state: dict,
     loss = sum(o.float().mean() for o in ddp(images[rank::2].to(device)))
     loss.backward()
     if rank == 0:
-        results['grads'] = {name: param.grad.cpu()
-                            for name, param in model.named_parameters()}
+        results['grads'] = {
+            name: param.grad.cpu()
+            for name, param in model.named_parameters()
+        }
     dist.destroy_process_group()

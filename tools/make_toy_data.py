@@ -165,8 +165,8 @@ def background(rng: np.random.Generator, image_size: int) -> np.ndarray:
             np.sin(direction) * coords[:, None]) / np.sqrt(0.5) + 0.5
     image = start + ramp[..., None] * (end - start)
     coarse = rng.normal(0, 12, size=(6, 6, 3)).astype(np.float32)
-    texture = cv2.resize(coarse, (image_size, image_size),
-                         interpolation=cv2.INTER_CUBIC)
+    texture = cv2.resize(
+        coarse, (image_size, image_size), interpolation=cv2.INTER_CUBIC)
     return image + texture
 
 
@@ -176,7 +176,8 @@ def class_colours(rng: np.random.Generator, label: int) -> np.ndarray:
         rng.uniform(*CLASS_HUES[label], size=COLOUR_CANDIDATES) % 360,
         rng.uniform(0.55, 1.0, size=COLOUR_CANDIDATES),
         rng.uniform(0.45, 1.0, size=COLOUR_CANDIDATES),
-    ], axis=1).astype(np.float32)
+    ],
+                   axis=1).astype(np.float32)
     rgb = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
     return rgb.astype(np.float64) * 255
 
@@ -214,10 +215,12 @@ def draw_scene(rng: np.random.Generator,
 def write_jpg(path: Path, image: np.ndarray) -> None:
     """Writes an RGB image as JPEG with a fixed quality and without chroma
     subsampling, which would smear colour edges past the masks."""
-    cv2.imwrite(str(path), image[..., ::-1], [
-        cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY,
-        cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444
-    ])
+    cv2.imwrite(
+        str(path), image[..., ::-1], [
+            cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY,
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444
+        ])
 
 
 # ----------------------------------------------------------------- sets
@@ -239,14 +242,18 @@ def coco_annotation(shape: Shape, ann_id: int, image_id: int) -> dict:
         image_id=image_id,
         category_id=shape.label + 1,
         segmentation=[shape.polygon.ravel().tolist()],
-        bbox=[float(x1), float(y1), round(float(x2 - x1), 2),
-              round(float(y2 - y1), 2)],
+        bbox=[
+            float(x1),
+            float(y1),
+            round(float(x2 - x1), 2),
+            round(float(y2 - y1), 2)
+        ],
         area=round(polygon_area(shape.polygon), 2),
         iscrowd=0)
 
 
-def write_coco_split(root: Path, split: int, num_images: int,
-                     image_size: int, rng: np.random.Generator) -> str:
+def write_coco_split(root: Path, split: int, num_images: int, image_size: int,
+                     rng: np.random.Generator) -> str:
     """Images and instances file of one COCO split; returns a summary."""
     name = COCO_SPLITS[split]
     (root / name).mkdir(parents=True, exist_ok=True)
@@ -257,15 +264,20 @@ def write_coco_split(root: Path, split: int, num_images: int,
         file_name = f'{index:06d}.jpg'
         write_jpg(root / name / file_name, image)
         images.append(
-            dict(id=index + 1, file_name=file_name, height=image_size,
-                 width=image_size))
+            dict(
+                id=index + 1,
+                file_name=file_name,
+                height=image_size,
+                width=image_size))
         annotations += [
-            coco_annotation(shape, len(annotations) + k + 1, index + 1)
+            coco_annotation(shape,
+                            len(annotations) + k + 1, index + 1)
             for k, shape in enumerate(shapes)
         ]
     coco = dict(
-        info=dict(description='toy shapes (tools/make_toy_data.py)',
-                  version=str(FORMAT_VERSION)),
+        info=dict(
+            description='toy shapes (tools/make_toy_data.py)',
+            version=str(FORMAT_VERSION)),
         licenses=[],
         images=images,
         annotations=annotations,
@@ -298,11 +310,10 @@ def write_ade20k_split(root: Path, split: int, num_images: int,
             label[shape.mask] = ADE_BACKGROUND + 1 + shape.label
         write_jpg(image_dir / f'{index:06d}.jpg', image)
         cv2.imwrite(str(label_dir / f'{index:06d}.png'), label)
-        pixels += np.bincount(label.ravel() - ADE_BACKGROUND,
-                              minlength=len(pixels))
-    shares = ', '.join(
-        f'{c} {100 * n / pixels.sum():.1f}%'
-        for c, n in zip(('background', ) + CLASSES, pixels))
+        pixels += np.bincount(
+            label.ravel() - ADE_BACKGROUND, minlength=len(pixels))
+    shares = ', '.join(f'{c} {100 * n / pixels.sum():.1f}%'
+                       for c, n in zip(('background', ) + CLASSES, pixels))
     return (f'{image_dir}, {label_dir}: {num_images} images, '
             f'pixels {shares}')
 
@@ -310,14 +321,12 @@ def write_ade20k_split(root: Path, split: int, num_images: int,
 SplitWriter = Callable[[Path, int, int, int, np.random.Generator], str]
 # name -> (writer of one split, paths the tool writes, relative to the set)
 DATASETS: Dict[str, Tuple[SplitWriter, Tuple[str, ...]]] = {
-    'coco': (write_coco_split,
-             ('annotations/instances_train2017.json',
-              'annotations/instances_val2017.json', 'annotations',
-              'train2017', 'val2017')),
+    'coco': (write_coco_split, ('annotations/instances_train2017.json',
+                                'annotations/instances_val2017.json',
+                                'annotations', 'train2017', 'val2017')),
     'ade20k': (write_ade20k_split,
-               ('images/training', 'images/validation',
-                'annotations/training', 'annotations/validation', 'images',
-                'annotations')),
+               ('images/training', 'images/validation', 'annotations/training',
+                'annotations/validation', 'images', 'annotations')),
 }
 
 # --------------------------------------------------------------- marker
@@ -401,9 +410,13 @@ def make_toy_data(out_dir: Path,
     todo = []
     for set_index, name in enumerate(DATASETS):
         root = Path(out_dir) / f'toy_{name}'
-        params = dict(format_version=FORMAT_VERSION, dataset=name, seed=seed,
-                      num_train=num_train, num_val=num_val,
-                      image_size=image_size)
+        params = dict(
+            format_version=FORMAT_VERSION,
+            dataset=name,
+            seed=seed,
+            num_train=num_train,
+            num_val=num_val,
+            image_size=image_size)
         if needs_writing(root, params, force):
             todo.append((set_index, name, root, params))
         else:
@@ -427,17 +440,25 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--out-dir', type=Path, default=Path('data'),
-                        help='folder for toy_coco/ and toy_ade20k/')
+    parser.add_argument(
+        '--out-dir',
+        type=Path,
+        default=Path('data'),
+        help='folder for toy_coco/ and toy_ade20k/')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
-    parser.add_argument('--num-train', type=int, default=96,
-                        help='training images per set')
-    parser.add_argument('--num-val', type=int, default=24,
-                        help='validation images per set')
-    parser.add_argument('--image-size', type=int, default=128,
-                        help='side of the square images in pixels')
-    parser.add_argument('--force', action='store_true',
-                        help='regenerate sets written with other parameters')
+    parser.add_argument(
+        '--num-train', type=int, default=96, help='training images per set')
+    parser.add_argument(
+        '--num-val', type=int, default=24, help='validation images per set')
+    parser.add_argument(
+        '--image-size',
+        type=int,
+        default=128,
+        help='side of the square images in pixels')
+    parser.add_argument(
+        '--force',
+        action='store_true',
+        help='regenerate sets written with other parameters')
     return parser.parse_args(argv)
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates (or updates) the virtual environment .venv in the repository root
 # with torch, mmcv (full, with compiled ops), mmdet, mmsegmentation and
-# acmix_mm in editable mode with its test extras. Safe to run again: finished
-# steps are skipped.
+# acmix_mm in editable mode with its test and lint extras. Safe to run again:
+# finished steps are skipped.
 #
 # mmcv 2.1.0 is built from source unless MMCV_FIND_LINKS names prebuilt
 # wheels. With a CUDA build of torch its ops are built with CUDA
@@ -127,9 +127,9 @@ fi
 
 stamp="$venv/.acmix_mm-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] \
-    || ! has "import acmix_mm, mmdet, mmseg, pytest, triton"; then
-  echo "[setup] installing acmix_mm (editable) with test extras"
-  "${pip[@]}" install -q --no-build-isolation -e "$root[test]"
+    || ! has "import acmix_mm, mmdet, mmseg, pytest, triton, flake8, isort, yapf"; then
+  echo "[setup] installing acmix_mm (editable) with test and lint extras"
+  "${pip[@]}" install -q --no-build-isolation -e "$root[test,lint]"
   touch "$stamp"
 fi
 echo "[setup] environment ready: $venv"

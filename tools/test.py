@@ -31,23 +31,32 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint file')
-    parser.add_argument('--untrained', action='store_true',
-                        help='evaluate the freshly initialised model instead '
-                        'of a checkpoint (a baseline for training)')
+    parser.add_argument(
+        '--untrained',
+        action='store_true',
+        help='evaluate the freshly initialised model instead '
+        'of a checkpoint (a baseline for training)')
     parser.add_argument('--work-dir', help='where logs and metrics go')
     parser.add_argument(
         '--out',
         help='mmdet: .pkl file for the raw predictions; mmseg: folder for '
         'the predicted label maps (formatted for offline evaluation)')
-    parser.add_argument('--show-dir',
-                        help='folder for pictures of the predictions')
-    parser.add_argument('--tta', action='store_true',
-                        help="test-time augmentation (the config's "
-                        'tta_model and tta_pipeline)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument(
+        '--show-dir', help='folder for pictures of the predictions')
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help="test-time augmentation (the config's "
+        'tta_model and tta_pipeline)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries')
+    parser.add_argument(
+        '--launcher',
+        default='none',
+        choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     if bool(args.checkpoint) == args.untrained:
@@ -102,7 +111,8 @@ def main() -> None:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+        'work_dirs',
+        osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_pictures(cfg, args.show_dir)

@@ -22,23 +22,27 @@ from typing import Dict, List
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO, 'tools')
 DEMOS = [
-    dict(name='mask-rcnn',
-         config='configs/toy/mask-rcnn_acmix-swin-mini_fpn_toy-coco.py',
-         images='data/toy_coco/val2017',
-         metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP',
-                  'coco/segm_mAP_50']),
-    dict(name='upernet',
-         config='configs/toy/acmix-r26-mini_upernet_toy-ade20k.py',
-         images='data/toy_ade20k/images/validation',
-         metrics=['mIoU', 'aAcc']),
+    dict(
+        name='mask-rcnn',
+        config='configs/toy/mask-rcnn_acmix-swin-mini_fpn_toy-coco.py',
+        images='data/toy_coco/val2017',
+        metrics=[
+            'coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP',
+            'coco/segm_mAP_50'
+        ]),
+    dict(
+        name='upernet',
+        config='configs/toy/acmix-r26-mini_upernet_toy-ade20k.py',
+        images='data/toy_ade20k/images/validation',
+        metrics=['mIoU', 'aAcc']),
 ]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/toy_demo')
-    parser.add_argument('--pictures', type=int, default=8,
-                        help='validation images to draw')
+    parser.add_argument(
+        '--pictures', type=int, default=8, help='validation images to draw')
     return parser.parse_args()
 
 
@@ -48,8 +52,8 @@ def run(step: str, command: List[str], log: str) -> None:
     start = time.perf_counter()
     print(f'  {step:<10} ... ', end='', flush=True)
     with open(log, 'w') as file:
-        result = subprocess.run(command, cwd=REPO, stdout=file,
-                                stderr=subprocess.STDOUT)
+        result = subprocess.run(
+            command, cwd=REPO, stdout=file, stderr=subprocess.STDOUT)
     print(f'{time.perf_counter() - start:6.1f}s  (log: {osp.relpath(log)})')
     if result.returncode != 0:
         with open(log) as file:
@@ -74,31 +78,38 @@ def demo(spec: dict, root: str, pictures: int) -> dict:
     python, config = sys.executable, spec['config']
     print(f'{spec["name"]}: {config}')
     untrained_dir = osp.join(work_dir, 'untrained')
-    run('untrained', [python, f'{TOOLS}/test.py', config, '--untrained',
-                      '--work-dir', untrained_dir],
-        osp.join(work_dir, 'untrained.log'))
-    run('train', [python, f'{TOOLS}/train.py', config, '--work-dir',
-                  work_dir], osp.join(work_dir, 'train.log'))
+    run('untrained', [
+        python, f'{TOOLS}/test.py', config, '--untrained', '--work-dir',
+        untrained_dir
+    ], osp.join(work_dir, 'untrained.log'))
+    run('train', [python, f'{TOOLS}/train.py', config, '--work-dir', work_dir],
+        osp.join(work_dir, 'train.log'))
     checkpoint = last_checkpoint(work_dir)
     test_dir = osp.join(work_dir, 'test')
-    run('test', [python, f'{TOOLS}/test.py', config, checkpoint,
-                 '--work-dir', test_dir], osp.join(work_dir, 'test.log'))
+    run('test', [
+        python, f'{TOOLS}/test.py', config, checkpoint, '--work-dir', test_dir
+    ], osp.join(work_dir, 'test.log'))
     picture_dir = osp.join(work_dir, 'pictures')
-    run('pictures', [python, f'{TOOLS}/visualize_predictions.py', config,
-                     checkpoint, spec['images'], '--out-dir', picture_dir,
-                     '--limit', str(pictures)],
-        osp.join(work_dir, 'pictures.log'))
-    return dict(untrained=read_metrics(untrained_dir),
-                trained=read_metrics(test_dir), checkpoint=checkpoint,
-                pictures=picture_dir)
+    run('pictures', [
+        python, f'{TOOLS}/visualize_predictions.py', config, checkpoint,
+        spec['images'], '--out-dir', picture_dir, '--limit',
+        str(pictures)
+    ], osp.join(work_dir, 'pictures.log'))
+    return dict(
+        untrained=read_metrics(untrained_dir),
+        trained=read_metrics(test_dir),
+        checkpoint=checkpoint,
+        pictures=picture_dir)
 
 
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
     work_dir = osp.abspath(args.work_dir)
-    results = {spec['name']: demo(spec, work_dir, args.pictures)
-               for spec in DEMOS}
+    results = {
+        spec['name']: demo(spec, work_dir, args.pictures)
+        for spec in DEMOS
+    }
     print(f'\nToy results (validation set), {time.perf_counter() - start:.0f}'
           f's in total:')
     print(f'  {"model":<10} {"metric":<18} {"untrained":>9} {"trained":>9}')

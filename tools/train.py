@@ -2,7 +2,7 @@
 
 The config's ``default_scope`` decides the task. Examples:
 
-    python tools/train.py configs/acmix_swin/mask-rcnn_acmix-swin-t-p4-w7_fpn_1x_coco.py
+    python tools/train.py configs/toy/acmix-r26-mini_upernet_toy-ade20k.py
     python tools/train.py CONFIG --resume                 # latest checkpoint
     python tools/train.py CONFIG --resume work_dirs/x/iter_400.pth
     bash tools/dist_train.sh CONFIG 8                    # torchrun, 8 GPUs
@@ -23,23 +23,34 @@ from acmix_mm.utils import (check_data_roots, check_feature_channels,
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='config file')
-    parser.add_argument('--work-dir',
-                        help='where logs and checkpoints go (default: '
-                        'work_dirs/<config name>)')
     parser.add_argument(
-        '--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+        '--work-dir',
+        help='where logs and checkpoints go (default: '
+        'work_dirs/<config name>)')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        const='auto',
+        metavar='CHECKPOINT',
         help='resume from CHECKPOINT, or without a value from the latest '
         'checkpoint in the work dir (iteration, optimizer, schedulers)')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (CUDA)')
-    parser.add_argument('--compile', action='store_true',
-                        help="torch.compile the model's train_step "
-                        "(mmengine's compile=True)")
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. '
-                        'train_cfg.max_iters=100')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument(
+        '--amp', action='store_true', help='automatic mixed precision (CUDA)')
+    parser.add_argument(
+        '--compile',
+        action='store_true',
+        help="torch.compile the model's train_step "
+        "(mmengine's compile=True)")
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, e.g. '
+        'train_cfg.max_iters=100')
+    parser.add_argument(
+        '--launcher',
+        default='none',
+        choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -70,7 +81,8 @@ def main() -> None:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+        'work_dirs',
+        osp.splitext(osp.basename(args.config))[0])
 
     if args.amp:
         import torch

@@ -32,15 +32,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('images', nargs='+', help='image files or folders')
-    parser.add_argument('--out-dir', required=True,
-                        help='folder for the PNG pictures')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detection: hide boxes scoring lower')
-    parser.add_argument('--limit', type=int,
-                        help='at most this many images')
-    parser.add_argument('--min-size', type=int, default=384,
-                        help='enlarge smaller images (with their '
-                        'predictions) to this shorter side for drawing')
+    parser.add_argument(
+        '--out-dir', required=True, help='folder for the PNG pictures')
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.3,
+        help='detection: hide boxes scoring lower')
+    parser.add_argument('--limit', type=int, help='at most this many images')
+    parser.add_argument(
+        '--min-size',
+        type=int,
+        default=384,
+        help='enlarge smaller images (with their '
+        'predictions) to this shorter side for drawing')
     parser.add_argument('--device', default='cpu')
     return parser.parse_args()
 
@@ -78,10 +83,11 @@ def enlarge(image: np.ndarray, result, min_size: int):
                 masks, scale_factor=factor, mode='nearest')[:, 0].bool()
     else:
         labels = result.pred_sem_seg.data[None].float()
-        result.pred_sem_seg = PixelData(data=F.interpolate(
-            labels, scale_factor=factor, mode='nearest')[0].long())
-    result.set_metainfo(dict(img_shape=image.shape[:2],
-                             ori_shape=image.shape[:2]))
+        result.pred_sem_seg = PixelData(
+            data=F.interpolate(labels, scale_factor=factor, mode='nearest')
+            [0].long())
+    result.set_metainfo(
+        dict(img_shape=image.shape[:2], ori_shape=image.shape[:2]))
     return image, result
 
 
@@ -109,13 +115,19 @@ def main() -> None:
 
     os.makedirs(args.out_dir, exist_ok=True)
     for path in images:
-        image, result = enlarge(mmcv.imread(path, channel_order='rgb'),
-                                inference(model, path), args.min_size)
+        image, result = enlarge(
+            mmcv.imread(path, channel_order='rgb'), inference(model, path),
+            args.min_size)
         out_file = osp.join(args.out_dir,
                             osp.splitext(osp.basename(path))[0] + '.png')
         visualizer.add_datasample(
-            osp.basename(path), image, data_sample=result, draw_gt=False,
-            show=False, out_file=out_file, **draw_args)
+            osp.basename(path),
+            image,
+            data_sample=result,
+            draw_gt=False,
+            show=False,
+            out_file=out_file,
+            **draw_args)
     print(f'wrote {len(images)} pictures to {args.out_dir}')
 
 

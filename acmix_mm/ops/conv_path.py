@@ -29,8 +29,10 @@ def check_conv_path(conv_path: str) -> str:
     return conv_path
 
 
-def shift_conv_path(qkv_maps: Tensor, fc_weight: Tensor,
-                    fc_bias: Optional[Tensor], dep_conv_weight: Tensor,
+def shift_conv_path(qkv_maps: Tensor,
+                    fc_weight: Tensor,
+                    fc_bias: Optional[Tensor],
+                    dep_conv_weight: Tensor,
                     stride: int = 1) -> Tensor:
     """Reference convolution path, computed as written.
 
@@ -51,9 +53,12 @@ def shift_conv_path(qkv_maps: Tensor, fc_weight: Tensor,
     if fc_bias is not None:
         mixed = mixed + fc_bias.view(1, 1, taps, 1, 1)
     kernel = dep_conv_weight.shape[-1]
-    return F.conv2d(mixed.reshape(batch, head_dim * taps, height, width),
-                    dep_conv_weight, stride=stride, padding=kernel // 2,
-                    groups=head_dim)
+    return F.conv2d(
+        mixed.reshape(batch, head_dim * taps, height, width),
+        dep_conv_weight,
+        stride=stride,
+        padding=kernel // 2,
+        groups=head_dim)
 
 
 def fold_conv_path_weight(fc_weight: Tensor,
@@ -65,12 +70,14 @@ def fold_conv_path_weight(fc_weight: Tensor,
         dep_conv[o, j] * fc[j, i]``, for a convolution with ``head_dim``
         groups over maps ordered ``(head_dim, 3 * heads)``.
     """
-    return torch.einsum('ojuv,ji->oiuv', dep_conv_weight,
-                        fc_weight.flatten(1))
+    return torch.einsum('ojuv,ji->oiuv', dep_conv_weight, fc_weight.flatten(1))
 
 
-def fold_conv_path_bias(fc_bias: Tensor, dep_conv_weight: Tensor,
-                        height: int, width: int, stride: int = 1) -> Tensor:
+def fold_conv_path_bias(fc_bias: Tensor,
+                        dep_conv_weight: Tensor,
+                        height: int,
+                        width: int,
+                        stride: int = 1) -> Tensor:
     """What ``fc``'s bias adds to the output: the taps of ``dep_conv`` that
     fall inside the image, summed.
 
@@ -79,11 +86,11 @@ def fold_conv_path_bias(fc_bias: Tensor, dep_conv_weight: Tensor,
     """
     kernel = torch.einsum('ojuv,j->ouv', dep_conv_weight, fc_bias)[:, None]
     ones = kernel.new_ones(1, 1, height, width)
-    return F.conv2d(ones, kernel, stride=stride,
-                    padding=kernel.shape[-1] // 2)
+    return F.conv2d(ones, kernel, stride=stride, padding=kernel.shape[-1] // 2)
 
 
-def folded_conv_path(maps: Tensor, folded_weight: Tensor,
+def folded_conv_path(maps: Tensor,
+                     folded_weight: Tensor,
                      folded_bias: Optional[Tensor] = None,
                      stride: int = 1) -> Tensor:
     """Convolution path as one grouped convolution.
@@ -100,6 +107,10 @@ def folded_conv_path(maps: Tensor, folded_weight: Tensor,
         Tensor: (B, out_channels, ceil(H / stride), ceil(W / stride)).
     """
     groups = maps.shape[1] // folded_weight.shape[1]
-    out = F.conv2d(maps, folded_weight, stride=stride,
-                   padding=folded_weight.shape[-1] // 2, groups=groups)
+    out = F.conv2d(
+        maps,
+        folded_weight,
+        stride=stride,
+        padding=folded_weight.shape[-1] // 2,
+        groups=groups)
     return out if folded_bias is None else out + folded_bias

@@ -118,8 +118,12 @@ def warn_fallback(reason: str) -> None:
               f'implementation: {reason}')
 
 
-def unavailable_reason(op: str, backend: str, q: Tensor, k: Tensor,
-                       v: Tensor, kernel_size: int = 0,
+def unavailable_reason(op: str,
+                       backend: str,
+                       q: Tensor,
+                       k: Tensor,
+                       v: Tensor,
+                       kernel_size: int = 0,
                        stride: int = 1) -> Optional[str]:
     """Why ``backend`` cannot compute ``op`` on these inputs, or None: the
     backend's own predicate (the reference always runs)."""
@@ -142,14 +146,22 @@ def _example_inputs(op: str, device_type: str, dtype: torch.dtype,
     shape = (1, 1, head_dim, 1, 1) if op == LOCAL_ATTENTION else \
         (1, 1, 1, head_dim)
     return tuple(
-        torch.zeros(shape, dtype=dtype, device=device_type,
-                    requires_grad=requires_grad) for _ in range(3))
+        torch.zeros(
+            shape,
+            dtype=dtype,
+            device=device_type,
+            requires_grad=requires_grad) for _ in range(3))
 
 
 @torch.compiler.assume_constant_result
-def choose_backend(op: str, attn_impl: str, device_type: str,
-                   dtype: torch.dtype, head_dim: int, kernel_size: int = 0,
-                   stride: int = 1, requires_grad: bool = False) -> Decision:
+def choose_backend(op: str,
+                   attn_impl: str,
+                   device_type: str,
+                   dtype: torch.dtype,
+                   head_dim: int,
+                   kernel_size: int = 0,
+                   stride: int = 1,
+                   requires_grad: bool = False) -> Decision:
     """The backend computing ``op`` for one call site, decided on the
     first call with these arguments (a constant to ``torch.compile``).
 
@@ -196,9 +208,10 @@ def _decide(op: str, attn_impl: str, device_type: str, dtype: torch.dtype,
         if why is not None:
             raise RuntimeError(f'attn_impl={attn_impl!r} cannot run {op} '
                                f'here: {why}')
-        return Decision(op, attn_impl, attn_impl,
-                        tuple((name, f'attn_impl={attn_impl!r} named another')
-                              for name in backends if name != attn_impl))
+        return Decision(
+            op, attn_impl, attn_impl,
+            tuple((name, f'attn_impl={attn_impl!r} named another')
+                  for name in backends if name != attn_impl))
     order = AUTO_ORDER.get((op, device_type), AUTO_ORDER[(op, 'cpu')])
     rejected = []
     for name in order:
@@ -216,13 +229,19 @@ def _decide(op: str, attn_impl: str, device_type: str, dtype: torch.dtype,
 
 def _call_site(q: Tensor, k: Tensor, v: Tensor) -> dict:
     """The facts of :func:`choose_backend` that the inputs give."""
-    return dict(device_type=q.device.type, dtype=q.dtype,
-                requires_grad=torch.is_grad_enabled()
-                and any(t.requires_grad for t in (q, k, v)))
+    return dict(
+        device_type=q.device.type,
+        dtype=q.dtype,
+        requires_grad=torch.is_grad_enabled()
+        and any(t.requires_grad for t in (q, k, v)))
 
 
-def run_local_attention(decision: Decision, q: Tensor, k: Tensor, v: Tensor,
-                        kernel_size: int, stride: int = 1,
+def run_local_attention(decision: Decision,
+                        q: Tensor,
+                        k: Tensor,
+                        v: Tensor,
+                        kernel_size: int,
+                        stride: int = 1,
                         scale: float = 1.0) -> Tensor:
     """Local attention by ``decision.backend``; arguments, shapes and
     result as :func:`~acmix_mm.ops.reference.local_attention_reference`.
@@ -230,16 +249,26 @@ def run_local_attention(decision: Decision, q: Tensor, k: Tensor, v: Tensor,
     reference with one warning; a named backend raises instead."""
     if decision.backend == 'triton':
         from . import triton
-        return triton.local_attention(q, k, v, kernel_size, stride, scale,
-                                      fallback=decision.attn_impl == 'auto')
+        return triton.local_attention(
+            q,
+            k,
+            v,
+            kernel_size,
+            stride,
+            scale,
+            fallback=decision.attn_impl == 'auto')
     if decision.backend == 'flex':
         return flex.local_attention(q, k, v, kernel_size, stride, scale)
     return reference.local_attention_reference(q, k, v, kernel_size, stride,
                                                scale)
 
 
-def run_window_attention(decision: Decision, q: Tensor, k: Tensor, v: Tensor,
-                         bias: Tensor, scale: float,
+def run_window_attention(decision: Decision,
+                         q: Tensor,
+                         k: Tensor,
+                         v: Tensor,
+                         bias: Tensor,
+                         scale: float,
                          dropout_p: float = 0.) -> Tensor:
     """Window attention by ``decision.backend``; arguments, shapes and
     result as :func:`~acmix_mm.ops.reference.window_attention_reference`."""
@@ -249,8 +278,12 @@ def run_window_attention(decision: Decision, q: Tensor, k: Tensor, v: Tensor,
                                                 dropout_p)
 
 
-def local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
-                    stride: int = 1, scale: float = 1.0,
+def local_attention(q: Tensor,
+                    k: Tensor,
+                    v: Tensor,
+                    kernel_size: int,
+                    stride: int = 1,
+                    scale: float = 1.0,
                     attn_impl: str = 'auto') -> Tensor:
     """ACmix's local attention by the backend :func:`choose_backend` picks.
 
@@ -266,14 +299,22 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
     Returns:
         Tensor: (B, heads, D, ceil(H / stride), ceil(W / stride)).
     """
-    decision = choose_backend(LOCAL_ATTENTION, attn_impl,
-                              head_dim=q.shape[2], kernel_size=kernel_size,
-                              stride=stride, **_call_site(q, k, v))
+    decision = choose_backend(
+        LOCAL_ATTENTION,
+        attn_impl,
+        head_dim=q.shape[2],
+        kernel_size=kernel_size,
+        stride=stride,
+        **_call_site(q, k, v))
     return run_local_attention(decision, q, k, v, kernel_size, stride, scale)
 
 
-def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
-                     scale: float, dropout_p: float = 0.,
+def window_attention(q: Tensor,
+                     k: Tensor,
+                     v: Tensor,
+                     bias: Tensor,
+                     scale: float,
+                     dropout_p: float = 0.,
                      attn_impl: str = 'auto') -> Tensor:
     """Swin window attention with an additive bias by the backend
     :func:`choose_backend` picks.
@@ -288,6 +329,9 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     Returns:
         Tensor: (B * nW, heads, N, D).
     """
-    decision = choose_backend(WINDOW_ATTENTION, attn_impl,
-                              head_dim=q.shape[-1], **_call_site(q, k, v))
+    decision = choose_backend(
+        WINDOW_ATTENTION,
+        attn_impl,
+        head_dim=q.shape[-1],
+        **_call_site(q, k, v))
     return run_window_attention(decision, q, k, v, bias, scale, dropout_p)

@@ -110,16 +110,24 @@ def flex_local_attention(height: int, width: int, kernel_size: int,
     def run(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         with warnings.catch_warnings():  # uncompiled on purpose
             warnings.filterwarnings('ignore', 'flex_attention called without')
-            out = attention(tokens(q[..., ::stride, ::stride]), tokens(k),
-                            tokens(v), score_mod=score_mod,
-                            block_mask=block_mask, scale=scale)
+            out = attention(
+                tokens(q[..., ::stride, ::stride]),
+                tokens(k),
+                tokens(v),
+                score_mod=score_mod,
+                block_mask=block_mask,
+                scale=scale)
         return out.transpose(2, 3).reshape(*q.shape[:3], out_h, out_w)
 
     return run
 
 
-def local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
-                    stride: int = 1, scale: float = 1.0) -> Tensor:
+def local_attention(q: Tensor,
+                    k: Tensor,
+                    v: Tensor,
+                    kernel_size: int,
+                    stride: int = 1,
+                    scale: float = 1.0) -> Tensor:
     """Same arguments and result as :func:`~acmix_mm.ops.reference.
     local_attention_reference`: (B, heads, D, H, W) q, k, v -> (B, heads, D,
     ceil(H / stride), ceil(W / stride)). Compiled on CUDA."""

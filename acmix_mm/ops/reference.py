@@ -11,8 +11,11 @@ from .reflection import reflect_index
 from .softmax import softmax_fp32
 
 
-def local_attention_reference(q: Tensor, k: Tensor, v: Tensor,
-                              kernel_size: int, stride: int = 1,
+def local_attention_reference(q: Tensor,
+                              k: Tensor,
+                              v: Tensor,
+                              kernel_size: int,
+                              stride: int = 1,
                               scale: float = 1.0) -> Tensor:
     """Multi-head attention of each query over its reflected neighbourhood.
 
@@ -48,9 +51,9 @@ def local_attention_reference(q: Tensor, k: Tensor, v: Tensor,
 
     offsets = [(dy, dx) for dy in range(kernel_size)
                for dx in range(kernel_size)]
-    logits = torch.stack(
-        [(queries * window_view(k_padded, dy, dx)).sum(2)
-         for dy, dx in offsets], dim=2)
+    logits = torch.stack([(queries * window_view(k_padded, dy, dx)).sum(2)
+                          for dy, dx in offsets],
+                         dim=2)
     weights = softmax_fp32(logits, dim=2).to(v.dtype)
 
     out = torch.zeros_like(queries, dtype=v.dtype)
@@ -60,7 +63,10 @@ def local_attention_reference(q: Tensor, k: Tensor, v: Tensor,
     return out
 
 
-def window_attention_reference(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+def window_attention_reference(q: Tensor,
+                               k: Tensor,
+                               v: Tensor,
+                               bias: Tensor,
                                scale: float,
                                dropout_p: float = 0.) -> Tensor:
     """Multi-head attention inside each window with an additive bias,

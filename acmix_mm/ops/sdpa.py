@@ -1,5 +1,6 @@
-"""Window attention through ``torch.nn.functional.scaled_dot_product_attention``
-(flash / memory-efficient / math kernels chosen by torch)."""
+"""Window attention through
+``torch.nn.functional.scaled_dot_product_attention`` (flash /
+memory-efficient / math kernels chosen by torch)."""
 from typing import Optional
 
 import torch.nn.functional as F
@@ -13,8 +14,12 @@ def window_attention_unavailable_reason(q: Tensor, k: Tensor,
     return None
 
 
-def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
-                     scale: float, dropout_p: float = 0.) -> Tensor:
+def window_attention(q: Tensor,
+                     k: Tensor,
+                     v: Tensor,
+                     bias: Tensor,
+                     scale: float,
+                     dropout_p: float = 0.) -> Tensor:
     """Same arguments and result as :func:`~acmix_mm.ops.reference.
     window_attention_reference`; the bias is repeated per image when it
     differs between windows.
@@ -30,5 +35,5 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     """
     if bias.shape[0] > 1:
         bias = bias.repeat(q.shape[0] // bias.shape[0], 1, 1, 1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                          dropout_p=dropout_p, scale=scale)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)

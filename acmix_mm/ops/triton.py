@@ -99,8 +99,13 @@ def _output_size(size, stride: int):
     return (size + stride - 1) // stride
 
 
-def _forward(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, stride: int,
-             scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor]:
+def _forward(q: Tensor,
+             k: Tensor,
+             v: Tensor,
+             kernel_size: int,
+             stride: int,
+             scale: float,
+             fallback: bool = False) -> Tuple[Tensor, Tensor]:
     """(B, heads, D, H, W) q, k, v -> out (B, heads, D, Hq, Wq) and lse
     (B * heads, Hq, Wq) float32, both contiguous; where the reference
     computed out (fallback), lse is zeros and unused."""
@@ -109,8 +114,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, stride: int,
     check_inputs(q, k, v, kernel_size, stride)
     if not (fallback and _variant_failed(q, kernel_size, stride)):
         try:
-            return local_attention_forward(q, k, v, kernel_size, stride,
-                                           scale)
+            return local_attention_forward(q, k, v, kernel_size, stride, scale)
         except KernelError as error:
             if not fallback:
                 raise
@@ -118,7 +122,8 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, stride: int,
     out = local_attention_reference(q, k, v, kernel_size, stride, scale)
     batch, heads, _, out_height, out_width = out.shape
     lse = torch.zeros((batch * heads, out_height, out_width),
-                      dtype=torch.float32, device=q.device)
+                      dtype=torch.float32,
+                      device=q.device)
     return out.contiguous(), lse
 
 
@@ -133,12 +138,16 @@ def _check_matching(q: Tensor, k: Tensor, v: Tensor) -> None:
                             ('device', 'device')):
         values = [getattr(tensor, attribute) for tensor in (q, k, v)]
         if not values[0] == values[1] == values[2]:
-            raise ValueError(f'q, k and v must have the same {name}, got '
-                             + ', '.join(map(str, values)))
+            raise ValueError(f'q, k and v must have the same {name}, got ' +
+                             ', '.join(map(str, values)))
 
 
-def _forward_fake(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
-                  stride: int, scale: float,
+def _forward_fake(q: Tensor,
+                  k: Tensor,
+                  v: Tensor,
+                  kernel_size: int,
+                  stride: int,
+                  scale: float,
                   fallback: bool = False) -> Tuple[Tensor, Tensor]:
     """Shapes, dtypes and strides of :func:`_forward`'s results."""
     _check_matching(q, k, v)
@@ -163,15 +172,23 @@ def _backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
     if not (fallback and _variant_failed(q, kernel_size, stride)):
         try:
             grads = local_attention_backward(
-                grad_out, q, k, v, out, lse, kernel_size, stride, scale,
-                need_grad_q=need_grad_q, need_grad_kv=need_grad_kv)
+                grad_out,
+                q,
+                k,
+                v,
+                out,
+                lse,
+                kernel_size,
+                stride,
+                scale,
+                need_grad_q=need_grad_q,
+                need_grad_kv=need_grad_kv)
         except KernelError as error:
             if not fallback:
                 raise
             _fall_back(error)
     if grads is None:
-        grads = _reference_grads(grad_out, q, k, v, kernel_size, stride,
-                                 scale)
+        grads = _reference_grads(grad_out, q, k, v, kernel_size, stride, scale)
     needed = (need_grad_q, need_grad_kv, need_grad_kv)
     return tuple(grad.contiguous() if need else q.new_empty(0)
                  for grad, need in zip(grads, needed))
@@ -183,8 +200,8 @@ def _backward_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
                    fallback: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """Shapes, dtypes and strides of :func:`_backward`'s results."""
     needed = (need_grad_q, need_grad_kv, need_grad_kv)
-    return tuple(q.new_empty(q.shape) if need else q.new_empty(0)
-                 for need in needed)
+    return tuple(
+        q.new_empty(q.shape) if need else q.new_empty(0) for need in needed)
 
 
 def _reference_grads(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
@@ -225,28 +242,32 @@ def _backward_formula(ctx, grad_out: Tensor, grad_lse: Optional[Tensor]):
     """Gradients of q, k, v (None where not needed) and None for the other
     arguments."""
     need_q, need_k, need_v = ctx.needs_input_grad[:3]
-    grad_q, grad_k, grad_v = _backward_op(
-        grad_out, *ctx.saved_tensors, *ctx.arguments, need_q,
-        need_k or need_v, ctx.fallback)
+    grad_q, grad_k, grad_v = _backward_op(grad_out, *ctx.saved_tensors,
+                                          *ctx.arguments, need_q, need_k
+                                          or need_v, ctx.fallback)
     return (grad_q if need_q else None, grad_k if need_k else None,
             grad_v if need_v else None, None, None, None, None)
 
 
 if CUSTOM_OP_AVAILABLE:
     _forward_op = torch.library.custom_op(
-        'acmix_mm::local_attention', _forward, mutates_args=(),
+        'acmix_mm::local_attention',
+        _forward,
+        mutates_args=(),
         schema='(Tensor q, Tensor k, Tensor v, int kernel_size, int stride, '
         'float scale, bool fallback=False) -> (Tensor, Tensor)')
     _forward_op.register_fake(_forward_fake)
     _backward_op = torch.library.custom_op(
-        'acmix_mm::local_attention_backward', _backward, mutates_args=(),
+        'acmix_mm::local_attention_backward',
+        _backward,
+        mutates_args=(),
         schema='(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, '
         'Tensor lse, int kernel_size, int stride, float scale, '
         'bool need_grad_q, bool need_grad_kv, bool fallback) '
         '-> (Tensor, Tensor, Tensor)')
     _backward_op.register_fake(_backward_fake)
-    _forward_op.register_autograd(_backward_formula,
-                                  setup_context=_setup_context)
+    _forward_op.register_autograd(
+        _backward_formula, setup_context=_setup_context)
 else:
 
     class _LocalAttentionFunction(torch.autograd.Function):
@@ -260,8 +281,13 @@ else:
     _backward_op = _backward
 
 
-def local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
-                    stride: int = 1, scale: float = 1.0, *,
+def local_attention(q: Tensor,
+                    k: Tensor,
+                    v: Tensor,
+                    kernel_size: int,
+                    stride: int = 1,
+                    scale: float = 1.0,
+                    *,
                     fallback: bool = False) -> Tensor:
     """Multi-head attention of each query over its reflected neighbourhood,
     fused in Triton kernels, with autograd.
@@ -289,5 +315,4 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int,
         ValueError: inputs the kernels do not support
             (:func:`local_attention_unavailable_reason` says why first).
     """
-    return _forward_op(q, k, v, kernel_size, stride, float(scale),
-                       fallback)[0]
+    return _forward_op(q, k, v, kernel_size, stride, float(scale), fallback)[0]

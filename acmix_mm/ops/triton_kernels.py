@@ -158,8 +158,8 @@ def _channel_major(channel_stride, pixel_offsets, pixel_valid,
 def _load_channel_major(ptr, channel_stride, pixel_offsets, pixel_valid,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """[BLOCK_D, N] tile of N pixels (zeros beyond HEAD_DIM / off-map)."""
-    offsets, mask = _channel_major(channel_stride, pixel_offsets,
-                                   pixel_valid, HEAD_DIM, BLOCK_D)
+    offsets, mask = _channel_major(channel_stride, pixel_offsets, pixel_valid,
+                                   HEAD_DIM, BLOCK_D)
     return tl.load(ptr + offsets, mask=mask, other=0.0)
 
 
@@ -168,10 +168,10 @@ def _store_channel_major(ptr, values, channel_stride, pixel_offsets,
                          pixel_valid, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr):
     """Store a [N, BLOCK_D] tile (pixels x channels) to N pixels."""
-    offsets, mask = _channel_major(channel_stride, pixel_offsets,
-                                   pixel_valid, HEAD_DIM, BLOCK_D)
-    tl.store(ptr + offsets, tl.trans(values).to(ptr.dtype.element_ty),
-             mask=mask)
+    offsets, mask = _channel_major(channel_stride, pixel_offsets, pixel_valid,
+                                   HEAD_DIM, BLOCK_D)
+    tl.store(
+        ptr + offsets, tl.trans(values).to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -237,17 +237,15 @@ def _jit(fn):
 
 @_jit
 def _forward_kernel(
-        q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
-        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx,
-        stride_kb, stride_kh, stride_kd, stride_ky, stride_kx,
-        stride_vb, stride_vh, stride_vd, stride_vy, stride_vx,
-        stride_ob, stride_oh, stride_od, stride_oy, stride_ox,
-        heads, height, width, out_height, out_width, scale,
-        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
-        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-        REGION_W: tl.constexpr, REGION_SIZE: tl.constexpr,
-        BLOCK_REGION: tl.constexpr):
+        q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, stride_qb, stride_qh, stride_qd,
+        stride_qy, stride_qx, stride_kb, stride_kh, stride_kd, stride_ky,
+        stride_kx, stride_vb, stride_vh, stride_vd, stride_vy, stride_vx,
+        stride_ob, stride_oh, stride_od, stride_oy, stride_ox, heads, height,
+        width, out_height, out_width, scale, HEAD_DIM: tl.constexpr,
+        KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
+        SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_W: tl.constexpr, REGION_W: tl.constexpr,
+        REGION_SIZE: tl.constexpr, BLOCK_REGION: tl.constexpr):
     """One program per (map, BLOCK_H x BLOCK_W output tile): out and lse of
     its queries, looping over the key region in BLOCK_REGION chunks."""
     pad = KERNEL_SIZE // 2
@@ -268,9 +266,11 @@ def _forward_kernel(
     row_sum = tl.zeros([BLOCK_H * BLOCK_W], tl.float32)
     acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
     for start in range(0, REGION_SIZE, BLOCK_REGION):
-        key_y, key_x, key_valid = _region_pixels(
-            STRIDE * first_row - pad, STRIDE * first_col - pad, start, height,
-            width, REGION_W, REGION_SIZE, BLOCK_REGION)
+        key_y, key_x, key_valid = _region_pixels(STRIDE * first_row - pad,
+                                                 STRIDE * first_col - pad,
+                                                 start, height, width,
+                                                 REGION_W, REGION_SIZE,
+                                                 BLOCK_REGION)
         k = _load_channel_major(k_ptr, stride_kd,
                                 key_y * stride_ky + key_x * stride_kx,
                                 key_valid, HEAD_DIM, BLOCK_D)
@@ -279,16 +279,16 @@ def _forward_kernel(
                                 key_valid, HEAD_DIM, BLOCK_D)
         logits = _matmul(q, k) * scale
         multiplicity = _window_multiplicity(
-            query_y[:, None], query_x[:, None], key_y[None, :],
-            key_x[None, :], query_valid[:, None] & key_valid[None, :],
-            height, width, KERNEL_SIZE, SMALL_MAP)
+            query_y[:, None], query_x[:, None], key_y[None, :], key_x[None, :],
+            query_valid[:, None] & key_valid[None, :], height, width,
+            KERNEL_SIZE, SMALL_MAP)
         logits = tl.where(multiplicity > 0, logits, _MASKED_LOGIT)
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
         rescale = tl.exp(row_max - new_max)
         weights = multiplicity * tl.exp(logits - new_max[:, None])
         row_sum = row_sum * rescale + tl.sum(weights, axis=1)
-        acc = _matmul_add(weights.to(v.dtype), tl.trans(v),
-                          acc * rescale[:, None])
+        acc = _matmul_add(
+            weights.to(v.dtype), tl.trans(v), acc * rescale[:, None])
         row_max = new_max
 
     row_sum = tl.where(query_valid, row_sum, 1.0)
@@ -297,10 +297,11 @@ def _forward_kernel(
         acc / row_sum[:, None], stride_od,
         out_row * stride_oy + out_col * stride_ox, query_valid, HEAD_DIM,
         BLOCK_D)
-    lse_offsets = (batch_head.to(tl.int64) * out_height * out_width
-                   + out_row * out_width + out_col)
-    tl.store(lse_ptr + lse_offsets, row_max + tl.log(row_sum),
-             mask=query_valid)
+    lse_offsets = (
+        batch_head.to(tl.int64) * out_height * out_width +
+        out_row * out_width + out_col)
+    tl.store(
+        lse_ptr + lse_offsets, row_max + tl.log(row_sum), mask=query_valid)
 
 
 @triton.jit
@@ -322,25 +323,26 @@ def _store_query_grad(ptr, grad_q, channel_stride, row_stride, col_stride,
             channel_stride, pixel_y * row_stride + pixel_x * col_stride,
             query_valid & (pixel_y < height) & (pixel_x < width), HEAD_DIM,
             BLOCK_D)
-        tl.store(ptr + offsets,
-                 tl.zeros_like(offsets).to(ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            ptr + offsets,
+            tl.zeros_like(offsets).to(ptr.dtype.element_ty),
+            mask=mask)
 
 
 @_jit
 def _grad_query_kernel(
         q_ptr, k_ptr, v_ptr, o_ptr, g_ptr, lse_ptr, delta_ptr, dq_ptr,
-        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx,
-        stride_kb, stride_kh, stride_kd, stride_ky, stride_kx,
-        stride_vb, stride_vh, stride_vd, stride_vy, stride_vx,
-        stride_ob, stride_oh, stride_od, stride_oy, stride_ox,
-        stride_gb, stride_gh, stride_gd, stride_gy, stride_gx,
-        stride_dqb, stride_dqh, stride_dqd, stride_dqy, stride_dqx,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_ob, stride_oh, stride_od,
+        stride_oy, stride_ox, stride_gb, stride_gh, stride_gd, stride_gy,
+        stride_gx, stride_dqb, stride_dqh, stride_dqd, stride_dqy, stride_dqx,
         heads, height, width, out_height, out_width, scale,
         HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
-        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-        REGION_W: tl.constexpr, REGION_SIZE: tl.constexpr,
-        BLOCK_REGION: tl.constexpr, COMPUTE_GRAD_Q: tl.constexpr):
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, REGION_W: tl.constexpr,
+        REGION_SIZE: tl.constexpr, BLOCK_REGION: tl.constexpr,
+        COMPUTE_GRAD_Q: tl.constexpr):
     """One program per (map, output tile): delta = rowsum(dO * O) of its
     queries (stored for the dK/dV kernel) and, if COMPUTE_GRAD_Q, their dQ
     = scale * sum_keys P * (dP - delta) * K over the key region."""
@@ -358,15 +360,16 @@ def _grad_query_kernel(
         stride_od, out_row * stride_oy + out_col * stride_ox, query_valid,
         HEAD_DIM, BLOCK_D)
     delta = tl.sum(grad_out.to(tl.float32) * out.to(tl.float32), axis=0)
-    stat_offsets = (batch_head.to(tl.int64) * out_height * out_width
-                    + out_row * out_width + out_col)
+    stat_offsets = (
+        batch_head.to(tl.int64) * out_height * out_width +
+        out_row * out_width + out_col)
     tl.store(delta_ptr + stat_offsets, delta, mask=query_valid)
     if COMPUTE_GRAD_Q:
         query_y, query_x = STRIDE * out_row, STRIDE * out_col
         q = _load_channel_major(
             q_ptr + _map_offset(batch_head, heads, stride_qb, stride_qh),
-            stride_qd, query_y * stride_qy + query_x * stride_qx,
-            query_valid, HEAD_DIM, BLOCK_D)
+            stride_qd, query_y * stride_qy + query_x * stride_qx, query_valid,
+            HEAD_DIM, BLOCK_D)
         q = tl.trans(q)
         grad_out = tl.trans(grad_out)
         lse = tl.load(lse_ptr + stat_offsets, mask=query_valid, other=0.0)
@@ -374,9 +377,11 @@ def _grad_query_kernel(
         v_ptr += _map_offset(batch_head, heads, stride_vb, stride_vh)
         acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
         for start in range(0, REGION_SIZE, BLOCK_REGION):
-            key_y, key_x, key_valid = _region_pixels(
-                STRIDE * first_row - pad, STRIDE * first_col - pad, start,
-                height, width, REGION_W, REGION_SIZE, BLOCK_REGION)
+            key_y, key_x, key_valid = _region_pixels(STRIDE * first_row - pad,
+                                                     STRIDE * first_col - pad,
+                                                     start, height, width,
+                                                     REGION_W, REGION_SIZE,
+                                                     BLOCK_REGION)
             k = _load_channel_major(k_ptr, stride_kd,
                                     key_y * stride_ky + key_x * stride_kx,
                                     key_valid, HEAD_DIM, BLOCK_D)
@@ -396,25 +401,23 @@ def _grad_query_kernel(
             acc = _matmul_add(grad_logits.to(k.dtype), tl.trans(k), acc)
         _store_query_grad(
             dq_ptr + _map_offset(batch_head, heads, stride_dqb, stride_dqh),
-            acc * scale, stride_dqd, stride_dqy, stride_dqx, query_y,
-            query_x, query_valid, height, width, HEAD_DIM, STRIDE, BLOCK_D)
+            acc * scale, stride_dqd, stride_dqy, stride_dqx, query_y, query_x,
+            query_valid, height, width, HEAD_DIM, STRIDE, BLOCK_D)
 
 
 @_jit
 def _grad_key_value_kernel(
         q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx,
-        stride_kb, stride_kh, stride_kd, stride_ky, stride_kx,
-        stride_vb, stride_vh, stride_vd, stride_vy, stride_vx,
-        stride_gb, stride_gh, stride_gd, stride_gy, stride_gx,
-        stride_dkb, stride_dkh, stride_dkd, stride_dky, stride_dkx,
-        stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_gb, stride_gh, stride_gd,
+        stride_gy, stride_gx, stride_dkb, stride_dkh, stride_dkd, stride_dky,
+        stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
         heads, height, width, out_height, out_width, scale,
         HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
-        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-        REGION_W: tl.constexpr, REGION_SIZE: tl.constexpr,
-        BLOCK_REGION: tl.constexpr):
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, REGION_W: tl.constexpr,
+        REGION_SIZE: tl.constexpr, BLOCK_REGION: tl.constexpr):
     """One program per (map, BLOCK_H x BLOCK_W tile of input pixels): dK and
     dV of its keys, looping in BLOCK_REGION chunks over the region of
     output pixels that can reach them (input position within pad)."""
@@ -425,12 +428,12 @@ def _grad_key_value_kernel(
         tl.program_id(0) % tiles, height, width, BLOCK_H, BLOCK_W)
     k = _load_channel_major(
         k_ptr + _map_offset(batch_head, heads, stride_kb, stride_kh),
-        stride_kd, key_y * stride_ky + key_x * stride_kx, key_valid,
-        HEAD_DIM, BLOCK_D)
+        stride_kd, key_y * stride_ky + key_x * stride_kx, key_valid, HEAD_DIM,
+        BLOCK_D)
     v = _load_channel_major(
         v_ptr + _map_offset(batch_head, heads, stride_vb, stride_vh),
-        stride_vd, key_y * stride_vy + key_x * stride_vx, key_valid,
-        HEAD_DIM, BLOCK_D)
+        stride_vd, key_y * stride_vy + key_x * stride_vx, key_valid, HEAD_DIM,
+        BLOCK_D)
     k, v = tl.trans(k), tl.trans(v)
     q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
     g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
@@ -444,9 +447,11 @@ def _grad_key_value_kernel(
     grad_k = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
     grad_v = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
     for start in range(0, REGION_SIZE, BLOCK_REGION):
-        out_row, out_col, query_valid = _region_pixels(
-            first_row, first_col, start, out_height, out_width, REGION_W,
-            REGION_SIZE, BLOCK_REGION)
+        out_row, out_col, query_valid = _region_pixels(first_row, first_col,
+                                                       start, out_height,
+                                                       out_width, REGION_W,
+                                                       REGION_SIZE,
+                                                       BLOCK_REGION)
         query_y, query_x = STRIDE * out_row, STRIDE * out_col
         q = _load_channel_major(q_ptr, stride_qd,
                                 query_y * stride_qy + query_x * stride_qx,
@@ -456,22 +461,20 @@ def _grad_key_value_kernel(
             query_valid, HEAD_DIM, BLOCK_D)
         stat_offsets = stats_base + out_row * out_width + out_col
         lse = tl.load(lse_ptr + stat_offsets, mask=query_valid, other=0.0)
-        delta = tl.load(delta_ptr + stat_offsets, mask=query_valid,
-                        other=0.0)
+        delta = tl.load(delta_ptr + stat_offsets, mask=query_valid, other=0.0)
         logits_t = _matmul(k, q) * scale
         multiplicity_t = _window_multiplicity(
-            query_y[None, :], query_x[None, :], key_y[:, None],
-            key_x[:, None], key_valid[:, None] & query_valid[None, :],
-            height, width, KERNEL_SIZE, SMALL_MAP)
+            query_y[None, :], query_x[None, :], key_y[:, None], key_x[:, None],
+            key_valid[:, None] & query_valid[None, :], height, width,
+            KERNEL_SIZE, SMALL_MAP)
         probs_t = multiplicity_t * tl.exp(
             tl.where(multiplicity_t > 0, logits_t - lse[None, :],
                      _MASKED_LOGIT))
-        grad_v = _matmul_add(probs_t.to(grad_out.dtype),
-                             tl.trans(grad_out), grad_v)
+        grad_v = _matmul_add(
+            probs_t.to(grad_out.dtype), tl.trans(grad_out), grad_v)
         grad_probs_t = _matmul(v, grad_out)
         grad_logits_t = probs_t * (grad_probs_t - delta[None, :])
-        grad_k = _matmul_add(grad_logits_t.to(q.dtype), tl.trans(q),
-                             grad_k)
+        grad_k = _matmul_add(grad_logits_t.to(q.dtype), tl.trans(q), grad_k)
 
     _store_channel_major(
         dk_ptr + _map_offset(batch_head, heads, stride_dkb, stride_dkh),
@@ -479,8 +482,8 @@ def _grad_key_value_kernel(
         key_valid, HEAD_DIM, BLOCK_D)
     _store_channel_major(
         dv_ptr + _map_offset(batch_head, heads, stride_dvb, stride_dvh),
-        grad_v, stride_dvd, key_y * stride_dvy + key_x * stride_dvx,
-        key_valid, HEAD_DIM, BLOCK_D)
+        grad_v, stride_dvd, key_y * stride_dvy + key_x * stride_dvx, key_valid,
+        HEAD_DIM, BLOCK_D)
 
 
 # ----------------------------------------------------------------------------
@@ -500,9 +503,12 @@ class Tiling(NamedTuple):
 
     def as_meta(self) -> dict:
         """Keyword constexpr arguments of the kernels."""
-        return dict(BLOCK_H=self.block_h, BLOCK_W=self.block_w,
-                    REGION_W=self.region_w, REGION_SIZE=self.region_size,
-                    BLOCK_REGION=self.block_region)
+        return dict(
+            BLOCK_H=self.block_h,
+            BLOCK_W=self.block_w,
+            REGION_W=self.region_w,
+            REGION_SIZE=self.region_size,
+            BLOCK_REGION=self.block_region)
 
 
 def _operand_width(head_dim: int, dtype: torch.dtype) -> int:
@@ -534,7 +540,8 @@ def query_tiling(kernel_size: int, stride: int, head_dim: int,
         block_h, block_w = (4, 8) if wide else (8, 8)
     else:
         block_h, block_w = (4, 4) if kernel_size == 7 else (4, 8)
-    return _tiling((block_h, block_w), stride * (block_h - 1) + kernel_size,
+    return _tiling((block_h, block_w),
+                   stride * (block_h - 1) + kernel_size,
                    stride * (block_w - 1) + kernel_size, dtype)
 
 
@@ -570,10 +577,12 @@ class KernelSpec(NamedTuple):
 
 
 KERNELS = {
-    'forward': KernelSpec(_forward_kernel, query_tiling, {}),
-    'grad_query': KernelSpec(_grad_query_kernel, query_tiling,
-                             {'COMPUTE_GRAD_Q': True}),
-    'grad_key_value': KernelSpec(_grad_key_value_kernel, key_tiling, {}),
+    'forward':
+    KernelSpec(_forward_kernel, query_tiling, {}),
+    'grad_query':
+    KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True}),
+    'grad_key_value':
+    KernelSpec(_grad_key_value_kernel, key_tiling, {}),
 }
 
 # (num_warps, num_stages) candidates of the autotuner.
@@ -599,10 +608,11 @@ def tuning_configs(device: torch.device) -> Tuple[Tuple[int, int], ...]:
 def _compilable(configs: list, *args, **kwargs) -> list:
     """Autotuner config pruning: those of :func:`tuning_configs` for the
     current GPU (the launch's)."""
-    allowed = tuning_configs(torch.device('cuda',
-                                          torch.cuda.current_device()))
-    return [config for config in configs
-            if (config.num_warps, config.num_stages) in allowed]
+    allowed = tuning_configs(torch.device('cuda', torch.cuda.current_device()))
+    return [
+        config for config in configs
+        if (config.num_warps, config.num_stages) in allowed
+    ]
 
 
 def _autotuned(spec: KernelSpec):
@@ -616,9 +626,10 @@ def _autotuned(spec: KernelSpec):
         for warps, stages in TUNING_CONFIGS
     ]
     key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *spec.extra_meta]
-    return triton.autotune(configs, key=key,
-                           prune_configs_by={'early_config_prune':
-                                             _compilable})(spec.kernel)
+    return triton.autotune(
+        configs, key=key, prune_configs_by={'early_config_prune':
+                                            _compilable})(
+                                                spec.kernel)
 
 
 # Autotuned kernels by name, made at their first launch: Triton 3.2 and 3.3
@@ -676,8 +687,12 @@ def variant_key(q: Tensor, kernel_size: int, stride: int) -> tuple:
     return _variant(q, _shape_meta(q, kernel_size, stride))
 
 
-def _launch(name: str, q: Tensor, grid: tuple, *args,
-            config: Optional[Tuple[int, int]] = None, **meta) -> None:
+def _launch(name: str,
+            q: Tensor,
+            grid: tuple,
+            *args,
+            config: Optional[Tuple[int, int]] = None,
+            **meta) -> None:
     """Launch kernel ``name`` on ``q``'s device with ``config`` (num_warps,
     num_stages), else the pinned config, else the autotuner's choice.
 
@@ -704,9 +719,8 @@ def _launch(name: str, q: Tensor, grid: tuple, *args,
                 _LAST_CONFIGS[name] = best and (best.num_warps,
                                                 best.num_stages)
             else:
-                KERNELS[name].kernel[grid](*args, **meta,
-                                           num_warps=config[0],
-                                           num_stages=config[1])
+                KERNELS[name].kernel[grid](
+                    *args, **meta, num_warps=config[0], num_stages=config[1])
                 _LAST_CONFIGS[name] = config
     except torch.cuda.OutOfMemoryError:
         raise
@@ -785,8 +799,12 @@ def shape_meta(head_dim: int, kernel_size: int, stride: int,
     """Constexpr arguments shared by all kernels. SMALL_MAP (a side of at
     most pad pixels) selects the general reflection count, so tiny maps
     add one compiled variant, not one per size."""
-    return dict(HEAD_DIM=head_dim, KERNEL_SIZE=kernel_size, STRIDE=stride,
-                SMALL_MAP=small_map, BLOCK_D=head_block(head_dim))
+    return dict(
+        HEAD_DIM=head_dim,
+        KERNEL_SIZE=kernel_size,
+        STRIDE=stride,
+        SMALL_MAP=small_map,
+        BLOCK_D=head_block(head_dim))
 
 
 def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
@@ -798,14 +816,18 @@ def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
 
 def _tile_count(rows: int, cols: int, tiling: Tiling) -> int:
     """Number of tiles covering a rows x cols grid."""
-    return (triton.cdiv(rows, tiling.block_h)
-            * triton.cdiv(cols, tiling.block_w))
+    return (triton.cdiv(rows, tiling.block_h) *
+            triton.cdiv(cols, tiling.block_w))
 
 
 def local_attention_forward(
-        q: Tensor, k: Tensor, v: Tensor, kernel_size: int, stride: int = 1,
-        scale: float = 1.0, config: Optional[Tuple[int, int]] = None
-) -> Tuple[Tensor, Tensor]:
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        kernel_size: int,
+        stride: int = 1,
+        scale: float = 1.0,
+        config: Optional[Tuple[int, int]] = None) -> Tuple[Tensor, Tensor]:
     """Fused forward of the local attention.
 
     Args:
@@ -829,25 +851,53 @@ def local_attention_forward(
     out_height = math.ceil(height / stride)
     out_width = math.ceil(width / stride)
     out = torch.empty((batch, heads, head_dim, out_height, out_width),
-                      dtype=v.dtype, device=v.device)
+                      dtype=v.dtype,
+                      device=v.device)
     lse = torch.empty((batch * heads, out_height, out_width),
-                      dtype=torch.float32, device=v.device)
+                      dtype=torch.float32,
+                      device=v.device)
     if out.numel() == 0:
         return out, lse
     tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
-    grid = (batch * heads * _tile_count(out_height, out_width, tiling),)
-    _launch('forward', q, grid, q, k, v, out, lse, *_strides(q),
-            *_strides(k), *_strides(v), *_strides(out), heads, height, width,
-            out_height, out_width, float(scale), config=config,
-            **_shape_meta(q, kernel_size, stride), **tiling.as_meta())
+    grid = (batch * heads * _tile_count(out_height, out_width, tiling), )
+    _launch(
+        'forward',
+        q,
+        grid,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(out),
+        heads,
+        height,
+        width,
+        out_height,
+        out_width,
+        float(scale),
+        config=config,
+        **_shape_meta(q, kernel_size, stride),
+        **tiling.as_meta())
     return out, lse
 
 
 def local_attention_backward(
-        grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-        lse: Tensor, kernel_size: int, stride: int, scale: float,
-        need_grad_q: bool = True, need_grad_kv: bool = True,
-        config: Optional[Tuple[int, int]] = None
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    kernel_size: int,
+    stride: int,
+    scale: float,
+    need_grad_q: bool = True,
+    need_grad_kv: bool = True,
+    config: Optional[Tuple[int, int]] = None
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Fused, deterministic backward of :func:`local_attention_forward`.
 
@@ -884,20 +934,56 @@ def local_attention_backward(
     sizes = (heads, height, width, out_height, out_width, float(scale))
     delta = torch.empty_like(lse)
     tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
-    grid = (maps * _tile_count(out_height, out_width, tiling),)
+    grid = (maps * _tile_count(out_height, out_width, tiling), )
     # Without dQ the kernel only writes delta: any pointer stands in.
     dq_target = grad_q if need_grad_q else delta
-    dq_strides = _strides(grad_q) if need_grad_q else (0,) * 5
-    _launch('grad_query', q, grid, q, k, v, out, grad_out, lse, delta,
-            dq_target, *_strides(q), *_strides(k), *_strides(v),
-            *_strides(out), *_strides(grad_out), *dq_strides, *sizes,
-            config=config, **common, **tiling.as_meta(),
-            COMPUTE_GRAD_Q=need_grad_q)
+    dq_strides = _strides(grad_q) if need_grad_q else (0, ) * 5
+    _launch(
+        'grad_query',
+        q,
+        grid,
+        q,
+        k,
+        v,
+        out,
+        grad_out,
+        lse,
+        delta,
+        dq_target,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(out),
+        *_strides(grad_out),
+        *dq_strides,
+        *sizes,
+        config=config,
+        **common,
+        **tiling.as_meta(),
+        COMPUTE_GRAD_Q=need_grad_q)
     if need_grad_kv:
         tiling = key_tiling(kernel_size, stride, head_dim, q.dtype)
-        grid = (maps * _tile_count(height, width, tiling),)
-        _launch('grad_key_value', q, grid, q, k, v, grad_out, lse, delta,
-                grad_k, grad_v, *_strides(q), *_strides(k), *_strides(v),
-                *_strides(grad_out), *_strides(grad_k), *_strides(grad_v),
-                *sizes, config=config, **common, **tiling.as_meta())
+        grid = (maps * _tile_count(height, width, tiling), )
+        _launch(
+            'grad_key_value',
+            q,
+            grid,
+            q,
+            k,
+            v,
+            grad_out,
+            lse,
+            delta,
+            grad_k,
+            grad_v,
+            *_strides(q),
+            *_strides(k),
+            *_strides(v),
+            *_strides(grad_out),
+            *_strides(grad_k),
+            *_strides(grad_v),
+            *sizes,
+            config=config,
+            **common,
+            **tiling.as_meta())
     return grad_q, grad_k, grad_v

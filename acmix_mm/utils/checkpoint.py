@@ -78,8 +78,8 @@ def _load_local_trusted(filename: str, map_location=None) -> dict:
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint not found: {filename}')
     try:
-        return torch.load(filename, map_location=map_location,
-                          weights_only=False)
+        return torch.load(
+            filename, map_location=map_location, weights_only=False)
     except Exception as error:  # torch raises many types for damaged files
         raise _load_error(filename, error) from error
 
@@ -95,8 +95,9 @@ def trust_local_checkpoints() -> None:
     checkpoints you trust. Remote checkpoints keep mmengine's default
     loading. Damaged files are reported as not valid checkpoints.
     """
-    CheckpointLoader.register_scheme(prefixes='', force=True)(
-        _load_local_trusted)
+    CheckpointLoader.register_scheme(
+        prefixes='', force=True)(
+            _load_local_trusted)
 
 
 def read_checkpoint(filename: str) -> dict:
@@ -167,10 +168,9 @@ def pop_module_weights(state_dict: dict, prefix: str) -> StateDict:
             name = name[len('module.'):]
         weights[name] = state_dict.pop(key)
     if any(name.startswith('backbone.') for name in weights):
-        weights = OrderedDict(
-            (name[len('backbone.'):], value)
-            for name, value in weights.items()
-            if name.startswith('backbone.'))
+        weights = OrderedDict((name[len('backbone.'):], value)
+                              for name, value in weights.items()
+                              if name.startswith('backbone.'))
     return weights
 
 
@@ -178,8 +178,10 @@ def _is_under(name: str, parents: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + '.') for p in parents)
 
 
-def unloaded_layers(own_keys: Iterable[str], loaded_keys: Iterable[str],
-                    optional: Iterable[str] = ()) -> List[str]:
+def unloaded_layers(
+    own_keys: Iterable[str],
+    loaded_keys: Iterable[str],
+    optional: Iterable[str] = ()) -> List[str]:
     """Modules of which no tensor is loaded, each named by its largest
     ancestor (block, stage) that is left without weights entirely.
 
@@ -210,7 +212,8 @@ def unloaded_layers(own_keys: Iterable[str], loaded_keys: Iterable[str],
     return layers
 
 
-def check_weights(module: nn.Module, weights: StateDict,
+def check_weights(module: nn.Module,
+                  weights: StateDict,
                   optional: Iterable[str] = (),
                   allow_partial: bool = False) -> None:
     """Check that ``weights`` (in the module's layout) fit ``module``.
@@ -225,9 +228,9 @@ def check_weights(module: nn.Module, weights: StateDict,
         CheckpointMismatchError: the weights do not fit.
     """
     name = type(module).__name__
-    own = OrderedDict(
-        (key, value) for key, value in module.state_dict().items()
-        if not key.endswith('num_batches_tracked'))
+    own = OrderedDict((key, value)
+                      for key, value in module.state_dict().items()
+                      if not key.endswith('num_batches_tracked'))
     matched = [key for key in weights if key in own]
     if not matched:
         sample = ', '.join(list(weights)[:3])
@@ -235,8 +238,9 @@ def check_weights(module: nn.Module, weights: StateDict,
             f'the checkpoint holds no weights for {name}' +
             (f' (its keys look like "{sample}")' if sample else '') +
             '; is it a checkpoint of this architecture?')
-    wrong_shape = [key for key in matched
-                   if weights[key].shape != own[key].shape]
+    wrong_shape = [
+        key for key in matched if weights[key].shape != own[key].shape
+    ]
     shapes = '; '.join(f'{key}: checkpoint {tuple(weights[key].shape)} vs '
                        f'model {tuple(own[key].shape)}'
                        for key in wrong_shape[:5])
@@ -288,8 +292,9 @@ def load_pretrained(module: nn.Module, filename: str) -> None:
     name = type(module).__name__
     logger = MMLogger.get_current_instance()
     logger.info(f'{name}: loaded weights from {filename}')
-    missing = [key for key in missing
-               if not key.endswith('num_batches_tracked')]
+    missing = [
+        key for key in missing if not key.endswith('num_batches_tracked')
+    ]
     if missing:
         logger.warning(f'{name}: {len(missing)} tensors not in {filename} '
                        f'keep their initialisation: {", ".join(missing)}')

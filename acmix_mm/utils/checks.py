@@ -11,8 +11,8 @@ DATA_HELP = ('see "Data" in README.md for how to prepare it, or pass '
              '--cfg-options to point the config at your copy')
 
 
-def _datasets(cfg: Config, loaders: Sequence[str]) -> Iterator[Tuple[str,
-                                                                     dict]]:
+def _datasets(cfg: Config,
+              loaders: Sequence[str]) -> Iterator[Tuple[str, dict]]:
     """(loader name, dataset config) pairs, unwrapping dataset wrappers."""
     for loader in loaders:
         if cfg.get(loader) is None:
@@ -51,8 +51,8 @@ def check_data_roots(cfg: Config, loaders: Sequence[str]) -> None:
                     f'{DATA_HELP}')
 
 
-def _expected_inputs(model: nn.Module) -> List[Tuple[str, List[int],
-                                                     List[int]]]:
+def _expected_inputs(
+        model: nn.Module) -> List[Tuple[str, List[int], List[int]]]:
     """(consumer, backbone output indices, channels) the heads expect."""
     expected = []
     neck = getattr(model, 'neck', None)
@@ -73,8 +73,8 @@ def _expected_inputs(model: nn.Module) -> List[Tuple[str, List[int],
         index, channels = head.in_index, head.in_channels
         if isinstance(index, int):
             index, channels = [index], [channels]
-        expected.append((f'head {type(head).__name__}', list(index),
-                         list(channels)))
+        expected.append(
+            (f'head {type(head).__name__}', list(index), list(channels)))
     return expected
 
 
@@ -90,8 +90,13 @@ def check_feature_channels(model: nn.Module, image_size: int = 64) -> None:
         return
     in_channels = getattr(backbone, 'in_channels', 3)
     parameter = next(backbone.parameters())
-    dummy = torch.zeros(1, in_channels, image_size, image_size,
-                        dtype=parameter.dtype, device=parameter.device)
+    dummy = torch.zeros(
+        1,
+        in_channels,
+        image_size,
+        image_size,
+        dtype=parameter.dtype,
+        device=parameter.device)
     was_training = backbone.training
     backbone.eval()
     features = backbone(dummy)
@@ -105,4 +110,3 @@ def check_feature_channels(model: nn.Module, image_size: int = 64) -> None:
                 f'maps with channels {produced}, but {consumer} expects '
                 f'channels {list(channels)} at indices {indices}; set its '
                 f'in_channels (and the backbone out_indices) to agree')
-

@@ -38,13 +38,18 @@ def prepare_launch(cfg: Config, launcher: str) -> None:
         return
     env_cfg = cfg.setdefault('env_cfg', ConfigDict())
     env_cfg.setdefault('dist_cfg', ConfigDict())['backend'] = 'gloo'
-    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel',
-                                 device_ids=None, broadcast_buffers=False)
+    cfg.model_wrapper_cfg = dict(
+        type='MMDistributedDataParallel',
+        device_ids=None,
+        broadcast_buffers=False)
     replaced = _replace_sync_bn(cfg.model)
     if replaced:
-        print_log(f'No CUDA device: {replaced} SyncBN layer configs use BN '
-                  'in each process instead', logger='current')
+        print_log(
+            f'No CUDA device: {replaced} SyncBN layer configs use BN '
+            'in each process instead',
+            logger='current')
     if launcher == 'pytorch' and not dist.is_initialized():
         dist.init_process_group(
-            backend='gloo', rank=int(os.environ['RANK']),
+            backend='gloo',
+            rank=int(os.environ['RANK']),
             world_size=int(os.environ['WORLD_SIZE']))

@@ -1,5 +1,6 @@
 # UperNet, ACmix-ResNet-50 backbone, ADE20K 512x512, 80k iterations.
-# Compare with: mmseg UperNet R-50 80k (upernet/upernet_r50_4xb4-80k_ade20k-512x512.py,
+# Compare with: mmseg UperNet R-50 80k
+#   (upernet/upernet_r50_4xb4-80k_ade20k-512x512.py,
 #   ImageNet-pretrained ResNet-50-V1c): 40.70 mIoU (single scale).
 # No ImageNet weights exist for ResNet-ACmix, so the backbone trains from
 # scratch with synchronized BatchNorm (as the heads); expect a gap to the

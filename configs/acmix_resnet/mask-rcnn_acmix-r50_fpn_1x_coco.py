@@ -1,6 +1,7 @@
 # Mask R-CNN, ACmix-ResNet-50 backbone, COCO 2017, 1x schedule.
-# Compare with: mmdet Mask R-CNN R-50-FPN 1x (mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py,
-#   ImageNet-pretrained ResNet-50): 38.2 box AP, 34.7 mask AP.
+# Compare with: mmdet Mask R-CNN R-50-FPN 1x
+#   (mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py, ImageNet-pretrained
+#   ResNet-50): 38.2 box AP, 34.7 mask AP.
 # No ImageNet weights exist for ResNet-ACmix, so the whole detector trains from
 # scratch. As in mmdet's from-scratch configs ("Rethinking ImageNet
 # Pre-training"), every layer uses GroupNorm, which needs no large batches, and

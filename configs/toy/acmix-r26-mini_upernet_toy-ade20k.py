@@ -30,11 +30,8 @@ model = dict(
         norm_eval=False,
         init_cfg=None),
     decode_head=dict(
-        in_channels=[64, 128, 256, 512],
-        channels=64,
-        num_classes=num_classes),
-    auxiliary_head=dict(in_channels=256, channels=32,
-                        num_classes=num_classes))
+        in_channels=[64, 128, 256, 512], channels=64, num_classes=num_classes),
+    auxiliary_head=dict(in_channels=256, channels=32, num_classes=num_classes))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -61,10 +58,14 @@ test_dataloader = val_dataloader
 
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=30),
-    dict(type='PolyLR', power=0.9, eta_min=1e-5, by_epoch=False, begin=30,
-         end=max_iters),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
+    dict(
+        type='PolyLR',
+        power=0.9,
+        eta_min=1e-5,
+        by_epoch=False,
+        begin=30,
+        end=max_iters),
 ]
 optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=2e-3, weight_decay=0.01),
@@ -77,6 +78,6 @@ optim_wrapper = dict(
         }))
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2,
-                    save_last=True))
+    checkpoint=dict(
+        by_epoch=False, interval=100, max_keep_ckpts=2, save_last=True))
 randomness = dict(seed=0)

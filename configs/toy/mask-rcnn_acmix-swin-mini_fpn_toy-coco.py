@@ -23,15 +23,12 @@ model = dict(
         init_cfg=None),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
     rpn_head=dict(
-        in_channels=64,
-        feat_channels=64,
-        anchor_generator=dict(scales=[4])),
+        in_channels=64, feat_channels=64, anchor_generator=dict(scales=[4])),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=64),
         bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=3),
         mask_roi_extractor=dict(out_channels=64),
-        mask_head=dict(in_channels=64, conv_out_channels=64,
-                       num_classes=3)),
+        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=3)),
     # At most 4 objects per image: far fewer proposals and RoIs suffice.
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
@@ -49,9 +46,10 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                    'scale_factor')),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor')),
 ]
 train_dataloader = dict(
     batch_size=4,
@@ -81,22 +79,26 @@ train_cfg = dict(
     max_iters=max_iters,
     val_interval=max_iters)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters,
-         eta_min=1e-5),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='CosineAnnealingLR',
+        by_epoch=False,
+        begin=50,
+        end=max_iters,
+        eta_min=1e-5),
 ]
 optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-3, weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={
-        'norm': dict(decay_mult=0.),
-        'relative_position_bias_table': dict(decay_mult=0.),
-        'rate1': dict(decay_mult=0.),
-        'rate2': dict(decay_mult=0.),
-    }))
+    paramwise_cfg=dict(
+        custom_keys={
+            'norm': dict(decay_mult=0.),
+            'relative_position_bias_table': dict(decay_mult=0.),
+            'rate1': dict(decay_mult=0.),
+            'rate2': dict(decay_mult=0.),
+        }))
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2,
-                    save_last=True))
+    checkpoint=dict(
+        by_epoch=False, interval=100, max_keep_ckpts=2, save_last=True))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

@@ -89,8 +89,8 @@ try:
     import acmix_mm  # noqa: F401
 except ImportError:  # not installed: use the checkout this script is in
     sys.path.insert(0, REPO)
-from acmix_mm.ops import BACKENDS, LOCAL_ATTENTION, WINDOW_ATTENTION  # noqa
 from acmix_mm.ops import local_attention_reference  # noqa: E402
+from acmix_mm.ops import BACKENDS, LOCAL_ATTENTION, WINDOW_ATTENTION  # noqa
 from acmix_mm.ops.flex import flex_local_attention  # noqa: E402
 
 
@@ -153,30 +153,50 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Benchmark the ACmix local-attention op and models.')
     parser.add_argument('--out-dir', default='work_dirs/benchmark_acmix')
-    parser.add_argument('--dtype', choices=['float16', 'bfloat16', 'float32'],
-                        help='op dtype and AMP dtype (default: bfloat16 on '
-                        'CUDA, float32 on the CPU)')
-    parser.add_argument('--repeats', type=int, default=20,
-                        help='timed calls per measurement (median)')
-    parser.add_argument('--sections', nargs='+', choices=SECTIONS,
-                        default=list(SECTIONS))
-    parser.add_argument('--impls', nargs='+', choices=IMPLS,
-                        default=list(IMPLS), help='op implementations')
-    parser.add_argument('--shapes', nargs='+',
-                        help='op shapes by name (coco/stage1) or prefix '
-                        '(coco); default: all')
-    parser.add_argument('--peak-bandwidth', type=float,
-                        help='bytes/s (default: from the device name)')
-    parser.add_argument('--image-size', nargs=2, type=int,
-                        metavar=('H', 'W'),
-                        help='backbone and Mask R-CNN input (default: '
-                        f'{IMAGE_SIZE[0]} {IMAGE_SIZE[1]})')
-    parser.add_argument('--quick', action='store_true',
-                        help='tiny shapes, few repeats: checks the script')
-    parser.add_argument('--merge', action='store_true',
-                        help='keep the rows of the sections not run now '
-                        'from <out-dir>/benchmark_acmix.json (same device '
-                        'and dtype)')
+    parser.add_argument(
+        '--dtype',
+        choices=['float16', 'bfloat16', 'float32'],
+        help='op dtype and AMP dtype (default: bfloat16 on '
+        'CUDA, float32 on the CPU)')
+    parser.add_argument(
+        '--repeats',
+        type=int,
+        default=20,
+        help='timed calls per measurement (median)')
+    parser.add_argument(
+        '--sections', nargs='+', choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        '--impls',
+        nargs='+',
+        choices=IMPLS,
+        default=list(IMPLS),
+        help='op implementations')
+    parser.add_argument(
+        '--shapes',
+        nargs='+',
+        help='op shapes by name (coco/stage1) or prefix '
+        '(coco); default: all')
+    parser.add_argument(
+        '--peak-bandwidth',
+        type=float,
+        help='bytes/s (default: from the device name)')
+    parser.add_argument(
+        '--image-size',
+        nargs=2,
+        type=int,
+        metavar=('H', 'W'),
+        help='backbone and Mask R-CNN input (default: '
+        f'{IMAGE_SIZE[0]} {IMAGE_SIZE[1]})')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='tiny shapes, few repeats: checks the script')
+    parser.add_argument(
+        '--merge',
+        action='store_true',
+        help='keep the rows of the sections not run now '
+        'from <out-dir>/benchmark_acmix.json (same device '
+        'and dtype)')
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error('--repeats must be at least 1')
@@ -287,8 +307,8 @@ def fused_kernel_ms(step: Callable[[], object],
     ``iterations`` calls of ``step`` (None: the kernel did not run)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU,
-                             ProfilerActivity.CUDA]) as profiler:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA
+                             ]) as profiler:
         for _ in range(iterations):
             step()
         torch.cuda.synchronize()
@@ -299,8 +319,10 @@ def fused_kernel_ms(step: Callable[[], object],
         for name, symbol in FUSED_KERNELS.items():
             if symbol in event.name:
                 total_us[name] += event.time_range.elapsed_us()
-    return {name: us / iterations / 1e3 if us else None
-            for name, us in total_us.items()}
+    return {
+        name: us / iterations / 1e3 if us else None
+        for name, us in total_us.items()
+    }
 
 
 # ------------------------------------------------------ op implementations
@@ -371,27 +393,34 @@ def make_inputs(shape: OpShape, dtype: torch.dtype,
     float32 on those values (k - pe taken in float32)."""
     head_dim = shape.channels // HEADS
     torch.manual_seed(0)
-    q, k, v = (torch.randn(shape.batch, HEADS, head_dim, shape.height,
-                           shape.width, device=device).to(dtype)
-               for _ in range(3))
-    pe = torch.randn(1, head_dim, shape.height, shape.width,
-                     device=device).to(dtype)
-    leaves = [t.detach().float().requires_grad_()
-              for t in (q, k.float() - pe.float()[:, None], v)]
+    q, k, v = (
+        torch.randn(
+            shape.batch,
+            HEADS,
+            head_dim,
+            shape.height,
+            shape.width,
+            device=device).to(dtype) for _ in range(3))
+    pe = torch.randn(
+        1, head_dim, shape.height, shape.width, device=device).to(dtype)
+    leaves = [
+        t.detach().float().requires_grad_()
+        for t in (q, k.float() - pe.float()[:, None], v)
+    ]
     scale = head_dim**-0.5
-    out_truth = local_attention_reference(*leaves, KERNEL, shape.stride,
-                                          scale)
+    out_truth = local_attention_reference(*leaves, KERNEL, shape.stride, scale)
     grad_out = torch.randn_like(out_truth).to(dtype)
     grads_truth = torch.autograd.grad(out_truth, leaves, grad_out.float())
     k_shifted = leaves[1].detach().to(dtype)
-    return OpInputs(q.requires_grad_(), k.requires_grad_(),
-                    v.requires_grad_(), pe, k_shifted.requires_grad_(),
-                    grad_out, out_truth.detach(), grads_truth, shape.stride,
-                    scale)
+    return OpInputs(q.requires_grad_(),
+                    k.requires_grad_(), v.requires_grad_(), pe,
+                    k_shifted.requires_grad_(), grad_out, out_truth.detach(),
+                    grads_truth, shape.stride, scale)
 
 
-def prepare(impl: str, inputs: OpInputs, device: torch.device
-            ) -> Tuple[Callable[[], Tensor], Tuple[Tensor, ...]]:
+def prepare(
+        impl: str, inputs: OpInputs, device: torch.device
+) -> Tuple[Callable[[], Tensor], Tuple[Tensor, ...]]:
     """The forward call of ``impl`` on ``inputs`` and its differentiable
     inputs (q, k, v: raw keys for 'unfold', k - pe for the others)."""
     q, v, stride, scale = inputs.q, inputs.v, inputs.stride, inputs.scale
@@ -401,8 +430,12 @@ def prepare(impl: str, inputs: OpInputs, device: torch.device
                                                scale)), (q, k, v)
     k = inputs.k_shifted
     if impl == 'flex':
-        flex = flex_local_attention(*q.shape[-2:], KERNEL, stride, device,
-                                    compile=device.type == 'cuda')
+        flex = flex_local_attention(
+            *q.shape[-2:],
+            KERNEL,
+            stride,
+            device,
+            compile=device.type == 'cuda')
         return (lambda: flex(q, k, v, scale)), (q, k, v)
     if impl == 'triton':
         from acmix_mm.ops.triton import local_attention as attention
@@ -432,11 +465,17 @@ def roofline_bytes(batch: int, channels: int, height: int, width: int,
 
 def op_row(shape: OpShape, impl: str, dtype: torch.dtype) -> dict:
     """The description part of an op row."""
-    return dict(shape=shape.name, impl=impl, batch=shape.batch,
-                channels=shape.channels, heads=HEADS,
-                head_dim=shape.channels // HEADS, height=shape.height,
-                width=shape.width, stride=shape.stride,
-                dtype=str(dtype).replace('torch.', ''))
+    return dict(
+        shape=shape.name,
+        impl=impl,
+        batch=shape.batch,
+        channels=shape.channels,
+        heads=HEADS,
+        head_dim=shape.channels // HEADS,
+        height=shape.height,
+        width=shape.width,
+        stride=shape.stride,
+        dtype=str(dtype).replace('torch.', ''))
 
 
 def benchmark_op(impl: str, shape: OpShape, inputs: OpInputs,
@@ -462,8 +501,7 @@ def benchmark_op(impl: str, shape: OpShape, inputs: OpInputs,
         row['forward_backward_ms'] = median_ms(step, device, repeats)
         row['peak_mib'] = peak_mib(step, device)
         if impl == 'triton' and device.type == 'cuda':
-            from acmix_mm.ops.triton_kernels import \
-                last_tuning_configs
+            from acmix_mm.ops.triton_kernels import last_tuning_configs
             row['tuning_configs'] = last_tuning_configs()
             row['kernel_ms'] = fused_kernel_ms(
                 step, min(repeats, PROFILE_ITERATIONS))
@@ -523,8 +561,7 @@ def measure_train_step(row: dict, make_step: Callable[[], Callable[[],
     return row
 
 
-def backbone_builders(quick: bool) -> Dict[str, Callable[[],
-                                                         torch.nn.Module]]:
+def backbone_builders(quick: bool) -> Dict[str, Callable[[], torch.nn.Module]]:
     """Model name -> builder: mmdet's ResNet-50 and Swin-T, and the ACmix
     backbones with each backend of their attention (one Swin block per
     stage if ``quick``)."""
@@ -548,30 +585,33 @@ def backbone_builders(quick: bool) -> Dict[str, Callable[[],
 
     return {
         'ResNet-50 (mmdet)': resnet,
-        **{f'ACmix-R50 {impl}': functools.partial(acmix_resnet, impl)
-           for impl in BACKENDS[LOCAL_ATTENTION]},
+        **{
+            f'ACmix-R50 {impl}': functools.partial(acmix_resnet, impl)
+            for impl in BACKENDS[LOCAL_ATTENTION]
+        },
         'Swin-T (mmdet)': swin_t,
-        **{f'ACmix-Swin-T {impl}': functools.partial(acmix_swin, impl)
-           for impl in BACKENDS[WINDOW_ATTENTION]},
+        **{
+            f'ACmix-Swin-T {impl}': functools.partial(acmix_swin, impl)
+            for impl in BACKENDS[WINDOW_ATTENTION]
+        },
     }
 
 
-def benchmark_backbones(dtype: torch.dtype, device: torch.device,
-                        repeats: int, quick: bool, size: Tuple[int, int],
-                        record: Record) -> None:
+def benchmark_backbones(dtype: torch.dtype, device: torch.device, repeats: int,
+                        quick: bool, size: Tuple[int,
+                                                 int], record: Record) -> None:
     """Record the train-step row (forward, backward of the mean of the
     outputs) of each backbone on 2 H x W images, with autocast to
     ``dtype``."""
     images = torch.randn(2, 3, *size, device=device)
 
-    def make_step(build: Callable[[], torch.nn.Module]
-                  ) -> Callable[[], None]:
+    def make_step(build: Callable[[], torch.nn.Module]) -> Callable[[], None]:
         model = build().to(device)
         model.train()
 
         def step() -> None:
-            with torch.autocast(device.type, dtype=dtype,
-                                enabled=dtype != torch.float32):
+            with torch.autocast(
+                    device.type, dtype=dtype, enabled=dtype != torch.float32):
                 outs = model(images)
             sum(out.float().mean() for out in outs).backward()
 
@@ -584,9 +624,8 @@ def benchmark_backbones(dtype: torch.dtype, device: torch.device,
                 functools.partial(make_step, build), 2, device, repeats))
 
 
-def benchmark_mask_rcnn(dtype: torch.dtype, device: torch.device,
-                        repeats: int, size: Tuple[int, int],
-                        record: Record) -> None:
+def benchmark_mask_rcnn(dtype: torch.dtype, device: torch.device, repeats: int,
+                        size: Tuple[int, int], record: Record) -> None:
     """Record the rows of one Mask R-CNN training step (2 images, AMP on
     CUDA) with mmdet's ResNet-50 and with ACmix-R50 (attn_impl 'auto')."""
     configs = {
@@ -643,16 +682,15 @@ def markdown(result: dict) -> str:
             '|---|---|---|---|---|---|---|---|---|---|'
         ]
         for r in result['op']:
-            lines.append(
-                f'| {r["shape"]} | {r["impl"]} | '
-                f'{number(r.get("forward_ms"), ".3f")} | '
-                f'{number(r.get("forward_backward_ms"), ".3f")} | '
-                f'{number(r.get("peak_mib"), ".0f")} | '
-                f'{number(r.get("forward_gbps"), ".0f")} | '
-                f'{number(r.get("roofline_fraction"), ".0%")} | '
-                f'{number(r.get("max_error"), ".1e")} | '
-                f'{number(r.get("max_grad_error"), ".1e")} | '
-                f'{r.get("error", "")} |')
+            lines.append(f'| {r["shape"]} | {r["impl"]} | '
+                         f'{number(r.get("forward_ms"), ".3f")} | '
+                         f'{number(r.get("forward_backward_ms"), ".3f")} | '
+                         f'{number(r.get("peak_mib"), ".0f")} | '
+                         f'{number(r.get("forward_gbps"), ".0f")} | '
+                         f'{number(r.get("roofline_fraction"), ".0%")} | '
+                         f'{number(r.get("max_error"), ".1e")} | '
+                         f'{number(r.get("max_grad_error"), ".1e")} | '
+                         f'{r.get("error", "")} |')
     fused = [r for r in result['op'] if 'kernel_ms' in r]
     if fused:
         lines += [
@@ -710,19 +748,21 @@ def plot(result: dict, path: str) -> bool:
     model_panels = panels(model_rows, ('images_per_s', 'train images/s'))
     count = len(op_panels) + len(model_panels)
     columns, rows = min(count, 2), math.ceil(count / 2)
-    figure, grid = plt.subplots(rows, columns,
-                                figsize=(8 * columns, 5.5 * rows),
-                                squeeze=False)
+    figure, grid = plt.subplots(
+        rows, columns, figsize=(8 * columns, 5.5 * rows), squeeze=False)
     axes = iter(grid.flat)
     shapes = list(dict.fromkeys(r['shape'] for r in op_rows))
     impls = list(dict.fromkeys(r['impl'] for r in op_rows))
     for key, label in op_panels:
         axis, width = next(axes), 0.8 / len(impls)
         for i, impl in enumerate(impls):
-            values = {r['shape']: r.get(key) for r in op_rows
-                      if r['impl'] == impl}
+            values = {
+                r['shape']: r.get(key)
+                for r in op_rows if r['impl'] == impl
+            }
             axis.bar([x + i * width for x in range(len(shapes))],
-                     [values.get(s) or float('nan') for s in shapes], width,
+                     [values.get(s) or float('nan') for s in shapes],
+                     width,
                      label=impl)
         axis.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))])
         axis.set_xticklabels(shapes, rotation=45, ha='right')
@@ -755,8 +795,10 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
     return dict(
         device=torch.cuda.get_device_name(device)
         if device.type == 'cuda' else 'cpu',
-        torch=torch.__version__, triton=triton_version,
-        cuda=torch.version.cuda, dtype=str(dtype).replace('torch.', ''),
+        torch=torch.__version__,
+        triton=triton_version,
+        cuda=torch.version.cuda,
+        dtype=str(dtype).replace('torch.', ''),
         tuning_config=os.environ.get('ACMIX_TUNING_CONFIG') or None)
 
 
@@ -794,19 +836,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             and set(args.sections) != {'backbone'}:
         raise SystemExit('error: the op and mask_rcnn sections need a CUDA '
                          'GPU (or --quick to check the script on the CPU)')
-    size = tuple(args.image_size or
-                 (QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE))
+    size = tuple(
+        args.image_size or (QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE))
     shapes = select_shapes(
         QUICK_SHAPES if args.quick else IMAGENET_SHAPES + COCO_SHAPES,
         args.shapes)
-    dtype = getattr(torch, args.dtype or ('bfloat16' if device.type == 'cuda'
-                                          else 'float32'))
+    dtype = getattr(
+        torch, args.dtype
+        or ('bfloat16' if device.type == 'cuda' else 'float32'))
     repeats = min(args.repeats, 3) if args.quick else args.repeats
     result = environment(device, dtype)
     bandwidth = args.peak_bandwidth or next(
         (bw for key, bw in PEAK_BANDWIDTH if key in result['device']), None)
-    result.update(peak_bandwidth=bandwidth, quick=args.quick,
-                  repeats=repeats, op=[], backbone=[], mask_rcnn=[])
+    result.update(
+        peak_bandwidth=bandwidth,
+        quick=args.quick,
+        repeats=repeats,
+        op=[],
+        backbone=[],
+        mask_rcnn=[])
     os.makedirs(args.out_dir, exist_ok=True)
     stem = osp.join(args.out_dir, 'benchmark_acmix')
     if args.merge:
@@ -821,12 +869,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     save(result, stem)
     runs = {
-        'op': functools.partial(benchmark_ops, shapes, args.impls, dtype,
-                                device, repeats, bandwidth),
-        'backbone': functools.partial(benchmark_backbones, dtype, device,
-                                      repeats, args.quick, size),
-        'mask_rcnn': functools.partial(benchmark_mask_rcnn, dtype, device,
-                                       repeats, size),
+        'op':
+        functools.partial(benchmark_ops, shapes, args.impls, dtype, device,
+                          repeats, bandwidth),
+        'backbone':
+        functools.partial(benchmark_backbones, dtype, device, repeats,
+                          args.quick, size),
+        'mask_rcnn':
+        functools.partial(benchmark_mask_rcnn, dtype, device, repeats, size),
     }
     for section in SECTIONS:
         if section in args.sections:

@@ -26,15 +26,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('configs', nargs='*',
-                        help='config files (default: every file in configs/)')
+    parser.add_argument(
+        'configs',
+        nargs='*',
+        help='config files (default: every file in configs/)')
     parser.add_argument('--num-images', type=int, default=2)
-    parser.add_argument('--image-size', type=int, nargs=2, default=(160, 224),
-                        metavar=('H', 'W'))
-    parser.add_argument('--backbone-input', type=int, nargs=4,
-                        default=(2, 3, 224, 224), metavar=('B', 'C', 'H', 'W'))
-    parser.add_argument('--repeats', type=int, default=3,
-                        help='timed backbone runs (median reported)')
+    parser.add_argument(
+        '--image-size',
+        type=int,
+        nargs=2,
+        default=(160, 224),
+        metavar=('H', 'W'))
+    parser.add_argument(
+        '--backbone-input',
+        type=int,
+        nargs=4,
+        default=(2, 3, 224, 224),
+        metavar=('B', 'C', 'H', 'W'))
+    parser.add_argument(
+        '--repeats',
+        type=int,
+        default=3,
+        help='timed backbone runs (median reported)')
     return parser.parse_args()
 
 
@@ -68,8 +81,8 @@ def main() -> None:
               f'{"train":>7} {"predict":>8}  loss')
     rows = []
     for path in paths:
-        cfg = Config.fromfile(str(REPO / path) if not Path(path).exists()
-                              else path)
+        cfg = Config.fromfile(
+            str(REPO / path) if not Path(path).exists() else path)
         if 'decode_head' in cfg.model:
             cfg.model.data_preprocessor.size = tuple(args.image_size)
         model = build_model(cfg)
@@ -78,12 +91,11 @@ def main() -> None:
         bb_seconds = backbone_seconds(model.backbone, args.backbone_input,
                                       args.repeats)
         result = train_and_predict(model, cfg, batch)
-        rows.append(
-            f'{Path(path).name:<62} {count(model.backbone):>8.2f}M '
-            f'{count(model):>6.2f}M {bb_seconds:>6.2f}s '
-            f'{result["train_seconds"]:>6.2f}s '
-            f'{result["predict_seconds"]:>7.2f}s  '
-            f'{result["losses"]["loss"]:.3f}')
+        rows.append(f'{Path(path).name:<62} {count(model.backbone):>8.2f}M '
+                    f'{count(model):>6.2f}M {bb_seconds:>6.2f}s '
+                    f'{result["train_seconds"]:>6.2f}s '
+                    f'{result["predict_seconds"]:>7.2f}s  '
+                    f'{result["losses"]["loss"]:.3f}')
         print(rows[-1], flush=True)
     print()
     print(f'{args.num_images} synthetic images of {args.image_size[0]}x'

@@ -40,25 +40,32 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import (Any, Callable, Dict, Iterable, Iterator, List,
-                    NamedTuple, Optional, Tuple)
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple,
+                    Optional, Tuple)
 from unittest import mock
 
 # The kernels must be compiled, not interpreted.
 os.environ.pop('TRITON_INTERPRET', None)
 
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
+import torch
+import triton
+from triton.runtime.jit import JITFunction
 
-from acmix_mm.ops.triton_kernels import (  # noqa: E402
-    HEAD_DIM_MULTIPLE, KERNELS, MAX_HEAD_DIM, MIN_HEAD_DIM,
-    SUPPORTED_KERNEL_SIZES, SUPPORTED_STRIDES, TUNING_CONFIGS, shape_meta)
+from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNELS,
+                                         MAX_HEAD_DIM, MIN_HEAD_DIM,
+                                         SUPPORTED_KERNEL_SIZES,
+                                         SUPPORTED_STRIDES, TUNING_CONFIGS,
+                                         shape_meta)
 
 # Shared memory a block may use (bytes, with opt-in) per compute capability.
 SHARED_MEMORY_LIMITS = {
-    80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448,
-    100: 232448, 120: 101376
+    80: 166912,
+    86: 101376,
+    87: 166912,
+    89: 101376,
+    90: 232448,
+    100: 232448,
+    120: 101376
 }
 DTYPE_NAMES = {'float16': 'fp16', 'bfloat16': 'bf16', 'float32': 'fp32'}
 STATISTICS_POINTERS = ('lse_ptr', 'delta_ptr')  # always float32
@@ -66,8 +73,8 @@ TENSOR_CORE_OPS = re.compile(r'\b(wgmma|mma)\.')
 # Where Triton ships cuobjdump: 3.x, then 2.2-2.3 (2.1 ships none).
 CUOBJDUMP_PATHS = ('backends/nvidia/bin/cuobjdump',
                    'third_party/cuda/bin/cuobjdump')
-TRITON_VERSION = tuple(int(part) for part in
-                       re.findall(r'\d+', triton.__version__)[:2])
+TRITON_VERSION = tuple(
+    int(part) for part in re.findall(r'\d+', triton.__version__)[:2])
 
 
 class Launch(NamedTuple):
@@ -118,27 +125,48 @@ def parse_tuning_config(text: str) -> Tuple[int, int]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--arch', type=int, default=90,
-                        help='compute capability, e.g. 80 (A100), 90 (H100)')
-    parser.add_argument('--dtypes', nargs='+', choices=list(DTYPE_NAMES),
-                        default=list(DTYPE_NAMES))
-    parser.add_argument('--head-dims', nargs='+', type=int,
-                        default=[16, 32, 64, 128])
-    parser.add_argument('--kernel-sizes', nargs='+', type=int, default=[7],
-                        choices=list(SUPPORTED_KERNEL_SIZES))
-    parser.add_argument('--strides', nargs='+', type=int, default=[1, 2],
-                        choices=list(SUPPORTED_STRIDES))
-    parser.add_argument('--small-maps', nargs='+', type=int, choices=[0, 1],
-                        default=[0, 1],
-                        help='1: the variant for maps with a side smaller '
-                        'than the window')
-    parser.add_argument('--kernels', nargs='+', choices=list(KERNELS),
-                        default=list(KERNELS))
-    parser.add_argument('--tuning-configs', nargs='+',
-                        type=parse_tuning_config,
-                        default=list(TUNING_CONFIGS), metavar='W,S',
-                        help='(num_warps, num_stages) of the autotuner to '
-                        'compile (default: all)')
+    parser.add_argument(
+        '--arch',
+        type=int,
+        default=90,
+        help='compute capability, e.g. 80 (A100), 90 (H100)')
+    parser.add_argument(
+        '--dtypes',
+        nargs='+',
+        choices=list(DTYPE_NAMES),
+        default=list(DTYPE_NAMES))
+    parser.add_argument(
+        '--head-dims', nargs='+', type=int, default=[16, 32, 64, 128])
+    parser.add_argument(
+        '--kernel-sizes',
+        nargs='+',
+        type=int,
+        default=[7],
+        choices=list(SUPPORTED_KERNEL_SIZES))
+    parser.add_argument(
+        '--strides',
+        nargs='+',
+        type=int,
+        default=[1, 2],
+        choices=list(SUPPORTED_STRIDES))
+    parser.add_argument(
+        '--small-maps',
+        nargs='+',
+        type=int,
+        choices=[0, 1],
+        default=[0, 1],
+        help='1: the variant for maps with a side smaller '
+        'than the window')
+    parser.add_argument(
+        '--kernels', nargs='+', choices=list(KERNELS), default=list(KERNELS))
+    parser.add_argument(
+        '--tuning-configs',
+        nargs='+',
+        type=parse_tuning_config,
+        default=list(TUNING_CONFIGS),
+        metavar='W,S',
+        help='(num_warps, num_stages) of the autotuner to '
+        'compile (default: all)')
     parser.add_argument('--json', help='also write the report here')
     return parser.parse_args()
 
@@ -168,8 +196,7 @@ def kernel_launch(variant: Variant) -> Launch:
             types[arg] = 'i32'
             if arg.startswith('stride_') and arg.endswith('x'):
                 ones.append(arg)
-    return Launch(spec.kernel, constexprs, types, tuple(ones),
-                  tuple(aligned))
+    return Launch(spec.kernel, constexprs, types, tuple(ones), tuple(aligned))
 
 
 def compile_with_keywords(launch: Launch, arch: int, num_warps: int,
@@ -183,8 +210,10 @@ def compile_with_keywords(launch: Launch, arch: int, num_warps: int,
     constants = {index[arg]: value for arg, value in launch.constexprs.items()}
     constants.update({index[arg]: 1 for arg in launch.ones})
     specialisation = compiler.instance_descriptor(
-        divisible_by_16={index[arg] for arg in launch.aligned},
-        equal_to_1={index[arg] for arg in launch.ones})
+        divisible_by_16={index[arg]
+                         for arg in launch.aligned},
+        equal_to_1={index[arg]
+                    for arg in launch.ones})
 
     def capture(fn: Any, so_path: Any, metadata: dict, asm: dict) -> Binary:
         return Binary(metadata['shared'], asm['ptx'], asm['cubin'])
@@ -193,9 +222,15 @@ def compile_with_keywords(launch: Launch, arch: int, num_warps: int,
             mock.patch.object(compiler, 'CompiledKernel', capture):
         return triton.compile(
             launch.kernel,
-            signature={index[arg]: ty for arg, ty in launch.types.items()},
-            constants=constants, configs=[specialisation], cc=arch,
-            num_warps=num_warps, num_stages=num_stages)
+            signature={
+                index[arg]: ty
+                for arg, ty in launch.types.items()
+            },
+            constants=constants,
+            configs=[specialisation],
+            cc=arch,
+            num_warps=num_warps,
+            num_stages=num_stages)
 
 
 def compile_ast_source(launch: Launch, arch: int, num_warps: int,
@@ -244,12 +279,13 @@ def resource_usage(cubin: bytes) -> Dict[str, Optional[int]]:
         file.write(cubin)
         file.flush()
         report = subprocess.run([cuobjdump, '-res-usage', file.name],
-                                capture_output=True, text=True).stdout
+                                capture_output=True,
+                                text=True).stdout
     registers = re.search(r'REG:(\d+)', report)
     stack = re.search(r'STACK:(\d+)', report)
     if registers and stack:
-        usage.update(registers=int(registers.group(1)),
-                     stack_bytes=int(stack.group(1)))
+        usage.update(
+            registers=int(registers.group(1)), stack_bytes=int(stack.group(1)))
     return usage
 
 
@@ -259,15 +295,17 @@ def compile_variant(compile_fn: CompileFn, arch: int,
     row = dict(variant._asdict(), error=None)
     start = time.perf_counter()
     try:
-        binary = compile_fn(kernel_launch(variant), arch, variant.num_warps,
-                            variant.num_stages)
+        binary = compile_fn(
+            kernel_launch(variant), arch, variant.num_warps,
+            variant.num_stages)
     except Exception as error:  # report every failure, then exit 1
         row['error'] = f'{type(error).__name__}: {error}'.splitlines()[0]
         return row
-    row.update(shared_bytes=binary.shared_bytes,
-               tensor_cores=bool(TENSOR_CORE_OPS.search(binary.ptx)),
-               compile_s=round(time.perf_counter() - start, 2),
-               **resource_usage(binary.cubin))
+    row.update(
+        shared_bytes=binary.shared_bytes,
+        tensor_cores=bool(TENSOR_CORE_OPS.search(binary.ptx)),
+        compile_s=round(time.perf_counter() - start, 2),
+        **resource_usage(binary.cubin))
     return row
 
 
@@ -287,8 +325,8 @@ def compile_in_worker(compile_fn: CompileFn, arch: int,
             except BrokenProcessPool:
                 worker.shutdown()
                 worker = None
-                yield dict(variant._asdict(),
-                           error='compiler crashed (see stderr)')
+                yield dict(
+                    variant._asdict(), error='compiler crashed (see stderr)')
     finally:
         if worker:
             worker.shutdown()
@@ -324,13 +362,20 @@ def main() -> None:
     for row in compile_in_worker(compile_fn, args.arch, variants):
         rows.append(row)
         print(format_row(row, shared_limit), flush=True)
-    failed = [row for row in rows if row['error']
-              or row['shared_bytes'] > shared_limit]
+    failed = [
+        row for row in rows
+        if row['error'] or row['shared_bytes'] > shared_limit
+    ]
     if args.json:
         with open(args.json, 'w') as file:
-            json.dump(dict(arch=args.arch, shared_limit=shared_limit,
-                           triton=triton.__version__, variants=rows), file,
-                      indent=1)
+            json.dump(
+                dict(
+                    arch=args.arch,
+                    shared_limit=shared_limit,
+                    triton=triton.__version__,
+                    variants=rows),
+                file,
+                indent=1)
     print(f'{len(rows)} variants for sm_{args.arch} (Triton '
           f'{triton.__version__}): {len(failed)} failed')
     if failed:

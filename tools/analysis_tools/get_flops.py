@@ -26,11 +26,18 @@ DEFAULT_SHAPES = {'mmdet': (800, 1333), 'mmseg': (512, 512)}
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='config file')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
-                        help='input size (default: 800 1333 for mmdet, '
-                        '512 512 for mmseg)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        metavar=('H', 'W'),
+        help='input size (default: 800 1333 for mmdet, '
+        '512 512 for mmseg)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries')
     return parser.parse_args()
 
 
@@ -59,8 +66,8 @@ def main() -> None:
     model = revert_sync_batchnorm(build_model(cfg)).eval()
     batch = synthetic_batch(scope, num_images=1, image_size=(height, width))
     data = model.data_preprocessor(batch, training=False)
-    model.forward = partial(model.forward, data_samples=data['data_samples'],
-                            mode='tensor')
+    model.forward = partial(
+        model.forward, data_samples=data['data_samples'], mode='tensor')
     attention_macs, handles = count_local_attention(model)
     with torch.no_grad():
         analyzer = FlopAnalyzer(model, inputs=(data['inputs'], ))

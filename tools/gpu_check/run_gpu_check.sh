@@ -12,10 +12,10 @@
 #      CUDA ops for this GPU's compute capability only, at the same time;
 #   3. runs the checks, each time-boxed with `timeout`, most important first:
 #      `python -m acmix_mm.check_install --ops-only`; the fused op's tests
-#      (tests/test_triton_kernels.py) with ACMIX_TUNING_CONFIG=4,2,
+#      (tests/test_ops/test_triton_kernels.py) with ACMIX_TUNING_CONFIG=4,2,
 #      so that each kernel variant compiles once; `benchmark_acmix.py
 #      --sections op` (here if mmcv is still building); once mmcv.ops imports:
-#      the full check_install and tests/test_fused_layers.py (pinned), then
+#      the full check_install and tests/test_models/test_fused_layers.py (pinned), then
 #      `--sections backbone`; a short unpinned run of the autotuning tests;
 #      once mmcv's CUDA ops are installed and run RoIAlign and NMS on the GPU:
 #      `--sections mask_rcnn`. A step that would start too close to the end
@@ -488,7 +488,7 @@ run_bench() {
 
 run_step "check_install --ops-only" "$install_log" 120 "" -- \
   "$python" -m acmix_mm.check_install --ops-only
-run_pytest "tests: fused op (pinned 4,2)" 240 1 tests/test_triton_kernels.py
+run_pytest "tests: fused op (pinned 4,2)" 240 1 tests/test_ops/test_triton_kernels.py
 
 op_bench_done=0
 collect_build
@@ -502,7 +502,7 @@ if wait_for_mmcv any; then
   mmcv_any=1
   run_step "check_install (full)" "$install_log" 120 "" -- \
     "$python" -m acmix_mm.check_install
-  run_pytest "tests: fused layers (pinned 4,2)" 240 1 tests/test_fused_layers.py
+  run_pytest "tests: fused layers (pinned 4,2)" 240 1 tests/test_models/test_fused_layers.py
 else
   for step in "check_install (full)" "tests: fused layers (pinned 4,2)"; do
     record "$step" SKIPPED 0 "needs mmcv.ops, but $mmcv_note"
@@ -515,7 +515,7 @@ else
   record "benchmark --sections backbone" SKIPPED 0 "needs mmcv.ops, but $mmcv_note"
 fi
 
-run_pytest "tests: autotuning (unpinned)" 120 0 tests/test_triton_kernels.py \
+run_pytest "tests: autotuning (unpinned)" 120 0 tests/test_ops/test_triton_kernels.py \
   -k "every_tuning_config or reuse_compiled_kernels"
 
 # Mask R-CNN: needs mmcv's ops for the benchmark's device.

@@ -53,7 +53,6 @@ SDIST_SUFFIXES = ('.tar.gz', '.zip')
 SAME_MODULE = [('opencv-python', 'opencv-python-headless',
                 'opencv-contrib-python', 'opencv-contrib-python-headless')]
 
-
 # Build tools that the GPU check installs over the target's own when these
 # do not meet the requirements (setuptools >= 82 has no pkg_resources, which
 # mmcv's setup.py and mmengine import).
@@ -97,22 +96,26 @@ class Dist:
             self._requires = []
             if self.is_wheel:
                 with zipfile.ZipFile(self.path) as archive:
-                    names = [n for n in archive.namelist()
-                             if re.fullmatch(r'[^/]+\.dist-info/METADATA', n)]
+                    names = [
+                        n for n in archive.namelist()
+                        if re.fullmatch(r'[^/]+\.dist-info/METADATA', n)
+                    ]
                     if len(names) != 1:
                         raise SystemExit(f'error: {self.file} has no single '
                                          '*.dist-info/METADATA')
                     text = archive.read(names[0]).decode('utf-8')
-                message = email.parser.Parser().parsestr(text,
-                                                         headersonly=True)
+                message = email.parser.Parser().parsestr(
+                    text, headersonly=True)
                 self._requires = message.get_all('Requires-Dist') or []
         return self._requires
 
 
 def folder_dists(folder: str) -> List[Dist]:
     files = sorted(os.listdir(folder))
-    return [Dist(os.path.join(folder, f)) for f in files
-            if f.endswith('.whl') or f.endswith(SDIST_SUFFIXES)]
+    return [
+        Dist(os.path.join(folder, f)) for f in files
+        if f.endswith('.whl') or f.endswith(SDIST_SUFFIXES)
+    ]
 
 
 def read_have(path: Optional[str]) -> Dict[str, Optional[Version]]:
@@ -154,8 +157,8 @@ class Target:
         full = python if len(parts) > 2 else f'{python}.0'
         self.platforms = platforms
         machine = platforms[0].split('_', 1)[-1] if platforms else ''
-        for arch in ('x86_64', 'aarch64', 'arm64', 'ppc64le', 's390x',
-                     'i686', 'amd64'):
+        for arch in ('x86_64', 'aarch64', 'arm64', 'ppc64le', 's390x', 'i686',
+                     'amd64'):
             if platforms and platforms[0].endswith(arch):
                 machine = arch
         first = platforms[0] if platforms else 'linux'
@@ -168,24 +171,30 @@ class Target:
             system, sys_platform, os_name = 'Linux', 'linux', 'posix'
         self.environment = dict(
             python_version=f'{self.version[0]}.{self.version[1]}',
-            python_full_version=full, implementation_name='cpython',
-            implementation_version=full, os_name=os_name,
+            python_full_version=full,
+            implementation_name='cpython',
+            implementation_version=full,
+            os_name=os_name,
             platform_machine=machine,
-            platform_python_implementation='CPython', platform_release='',
-            platform_system=system, platform_version='',
-            sys_platform=sys_platform, extra='')
+            platform_python_implementation='CPython',
+            platform_release='',
+            platform_system=system,
+            platform_version='',
+            sys_platform=sys_platform,
+            extra='')
         interpreter = f'cp{self.version[0]}{self.version[1]}'
-        self.supported = set(_tags.cpython_tags(self.version,
-                                                platforms=platforms))
-        self.supported.update(_tags.compatible_tags(
-            self.version, interpreter=interpreter, platforms=platforms))
+        self.supported = set(
+            _tags.cpython_tags(self.version, platforms=platforms))
+        self.supported.update(
+            _tags.compatible_tags(
+                self.version, interpreter=interpreter, platforms=platforms))
 
     def applies(self, requirement: Requirement, extras: Iterable[str]) -> bool:
         if requirement.marker is None:
             return True
-        return any(requirement.marker.evaluate(dict(self.environment,
-                                                    extra=extra))
-                   for extra in [''] + sorted(extras))
+        return any(
+            requirement.marker.evaluate(dict(self.environment, extra=extra))
+            for extra in [''] + sorted(extras))
 
     def compatible(self, dist: Dist) -> bool:
         return not dist.is_wheel or bool(dist.tags & self.supported)
@@ -196,13 +205,13 @@ class Report:
 
     def __init__(self) -> None:
         self.missing: Dict[str, Tuple[SpecifierSet, Set[str]]] = {}
-        self.stale: List[Tuple[Dist, str]] = []      # to delete
+        self.stale: List[Tuple[Dist, str]] = []  # to delete
         self.conflicts: List[str] = []
         self.duplicates: List[str] = []
-        self.provided: Set[str] = set()              # torch & co, assumed
-        self.left_out: List[Dist] = []               # on the target already
-        self.unneeded: List[Dist] = []               # required by nothing
-        self.replaced: List[str] = []                # REPLACEABLE, too old
+        self.provided: Set[str] = set()  # torch & co, assumed
+        self.left_out: List[Dist] = []  # on the target already
+        self.unneeded: List[Dist] = []  # required by nothing
+        self.replaced: List[str] = []  # REPLACEABLE, too old
 
 
 def parse_requirement(text: str, origin: str) -> Requirement:
@@ -230,19 +239,19 @@ def analyse(dists: List[Dist], roots: List[str],
             by_name.setdefault(dist.name, []).append(dist)
     for name, group in by_name.items():
         if len(group) > 1:
-            report.duplicates.append(
-                f'{name}: ' + ', '.join(d.file for d in group))
+            report.duplicates.append(f'{name}: ' + ', '.join(d.file
+                                                             for d in group))
     for names in SAME_MODULE:
         group = [d for n in names for d in by_name.get(n, [])]
         if len({d.name for d in group}) > 1:
-            report.duplicates.append(
-                'one module, cv2: ' + ', '.join(d.file for d in group))
+            report.duplicates.append('one module, cv2: ' +
+                                     ', '.join(d.file for d in group))
 
     # What the target has is not kept (so as not to shadow it); a
     # REPLACEABLE project is decided below, once its requirements are known.
     for name in list(by_name):
-        if name not in REPLACEABLE and any(n in have
-                                           for n in alternatives(name)):
+        if name not in REPLACEABLE and any(
+                n in have for n in alternatives(name)):
             report.left_out.extend(by_name.pop(name))
 
     # Specifiers and requesters of each name; requested extras of each name.
@@ -265,8 +274,10 @@ def analyse(dists: List[Dist], roots: List[str],
         # Follow the requirements of what the folder holds for ``name``
         # (the version that meets the requirements so far, if any).
         group = [d for n in alternatives(name) for d in by_name.get(n, [])]
-        group = [d for d in group if wanted[name][0].contains(
-            d.version, prereleases=True)] or group
+        group = [
+            d for d in group
+            if wanted[name][0].contains(d.version, prereleases=True)
+        ] or group
         for dist in group[:1]:
             state = (name, frozenset(extras[name]))
             if state in done:
@@ -291,8 +302,9 @@ def analyse(dists: List[Dist], roots: List[str],
         else:
             report.left_out.extend(by_name.pop(name, []))
     needed = {n for name in wanted for n in alternatives(name)}
-    report.unneeded = [d for group in by_name.values() for d in group
-                       if d.name not in needed]
+    report.unneeded = [
+        d for group in by_name.values() for d in group if d.name not in needed
+    ]
     for name, (specifier, origins) in sorted(wanted.items()):
         origin_text = ', '.join(sorted(origins))
         if provided_by_target(name):
@@ -303,8 +315,9 @@ def analyse(dists: List[Dist], roots: List[str],
                 f'{name} {have[name] or "(version unknown)"} on the target, '
                 f'replaced by {name}{specifier} for {origin_text} where it '
                 'does not do')
-        on_target = [n for n in alternatives(name)
-                     if n in have and n not in replaced]
+        on_target = [
+            n for n in alternatives(name) if n in have and n not in replaced
+        ]
         if on_target:
             version = have[on_target[0]]
             if version is not None and not specifier.contains(
@@ -314,8 +327,10 @@ def analyse(dists: List[Dist], roots: List[str],
                     f'{origin_text} needs {name}{specifier}')
             continue
         group = [d for n in alternatives(name) for d in by_name.get(n, [])]
-        good = [d for d in group
-                if specifier.contains(d.version, prereleases=True)]
+        good = [
+            d for d in group
+            if specifier.contains(d.version, prereleases=True)
+        ]
         for dist in group:
             if dist not in good:
                 report.stale.append(
@@ -335,8 +350,8 @@ def target_options(parser: argparse.ArgumentParser) -> None:
 
 def command_resolve(args: argparse.Namespace) -> int:
     target = Target(args.python, args.platform)
-    report = analyse(folder_dists(args.dir), args.root, read_have(args.have),
-                     target)
+    report = analyse(
+        folder_dists(args.dir), args.root, read_have(args.have), target)
     for dist in report.left_out:
         print(f'DELETE {dist.path}\talready on the target')
     for dist, reason in report.stale:
@@ -356,27 +371,29 @@ def command_check(args: argparse.Namespace) -> int:
     for name, (specifier, origins) in sorted(report.missing.items()):
         problems.append(f'missing: {name}{specifier} '
                         f'(needed by {", ".join(sorted(origins))})')
-    problems += [f'wrong version or target: {d.file} ({why})'
-                 for d, why in report.stale]
+    problems += [
+        f'wrong version or target: {d.file} ({why})' for d, why in report.stale
+    ]
     problems += [f'conflict: {text}' for text in report.conflicts]
-    problems += [f'two versions of one project: {text}'
-                 for text in report.duplicates]
+    problems += [
+        f'two versions of one project: {text}' for text in report.duplicates
+    ]
     if report.unneeded:
-        print('not needed (harmless): '
-              + ', '.join(d.file for d in report.unneeded))
+        print('not needed (harmless): ' + ', '.join(d.file
+                                                    for d in report.unneeded))
     for text in report.replaced:
         print(f'note: {text}')
     if report.provided:
-        print('assumed on the target (never downloaded): '
-              + ', '.join(sorted(report.provided)))
+        print('assumed on the target (never downloaded): ' +
+              ', '.join(sorted(report.provided)))
     if problems:
         print(f'INCOMPLETE: {args.dir} for Python {args.python} lacks:')
         for line in problems:
             print(f'  {line}')
         return 1
     print(f'complete: {len(dists)} files in {args.dir} meet every '
-          f'requirement of the roots for Python {args.python}'
-          + (' with the packages of --have' if args.have else ''))
+          f'requirement of the roots for Python {args.python}' +
+          (' with the packages of --have' if args.have else ''))
     return 0
 
 
@@ -427,19 +444,24 @@ def command_install(args: argparse.Namespace) -> int:
         if not dist.is_wheel or dist.name == 'mmcv':
             continue
         if provided_by_target(dist.name):
-            print(f'  skip {dist.file}: never replaces the target\'s own '
-                  f'{dist.name}', file=sys.stderr)
+            print(
+                f'  skip {dist.file}: never replaces the target\'s own '
+                f'{dist.name}',
+                file=sys.stderr)
             continue
         if not dist.tags & supported:
-            print(f'  skip {dist.file}: not for this Python/platform',
-                  file=sys.stderr)
+            print(
+                f'  skip {dist.file}: not for this Python/platform',
+                file=sys.stderr)
             continue
         here = [(n, installed_version(n)) for n in alternatives(dist.name)]
         here = [(n, v) for n, v in here if v is not None]
         if here and not (dist.name == 'setuptools'
                          and not setuptools_usable()):
-            print(f'  skip {dist.file}: {here[0][0]} {here[0][1]} is '
-                  'installed', file=sys.stderr)
+            print(
+                f'  skip {dist.file}: {here[0][0]} {here[0][1]} is '
+                'installed',
+                file=sys.stderr)
             continue
         print(dist.path)
     return 0
@@ -464,9 +486,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not os.path.isdir(args.dir):
         raise SystemExit(f'error: {args.dir} is not a folder')
-    return dict(resolve=command_resolve, check=command_check,
-                list=command_list, install=command_install,
-                mmcv=command_mmcv)[args.command](args)
+    return dict(
+        resolve=command_resolve,
+        check=command_check,
+        list=command_list,
+        install=command_install,
+        mmcv=command_mmcv)[args.command](
+            args)
 
 
 if __name__ == '__main__':

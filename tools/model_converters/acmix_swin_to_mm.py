@@ -28,11 +28,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('src', help='reference checkpoint (.pth)')
     parser.add_argument('dst', help='where to write the converted weights')
     parser.add_argument(
-        '--trust-pickle', action='store_true',
+        '--trust-pickle',
+        action='store_true',
         help='allow arbitrary pickled objects in SRC (only for files from a '
         'source you trust; needed when the checkpoint stores a yacs config)')
-    parser.add_argument('--force', action='store_true',
-                        help='overwrite DST if it exists')
+    parser.add_argument(
+        '--force', action='store_true', help='overwrite DST if it exists')
     return parser.parse_args()
 
 
@@ -48,8 +49,10 @@ def reference_arch(weights: StateDict) -> dict:
         raise ValueError('it has no "layers.*.blocks.*" weights; it is not a '
                          'reference Swin-ACmix checkpoint')
     stages = range(len(depths))
-    tables = [weights[f'layers.{i}.blocks.0.attn.relative_position_bias_table']
-              for i in stages]
+    tables = [
+        weights[f'layers.{i}.blocks.0.attn.relative_position_bias_table']
+        for i in stages
+    ]
     projection = weights['patch_embed.proj.weight']
     embed_dims, in_channels, patch_size = projection.shape[:3]
     arch = dict(
@@ -66,8 +69,8 @@ def reference_arch(weights: StateDict) -> dict:
         patch_norm='patch_embed.norm.weight' in weights)
     if 'absolute_pos_embed' in weights:
         side = round(weights['absolute_pos_embed'].shape[1]**0.5)
-        arch.update(use_abs_pos_embed=True,
-                    pretrain_img_size=side * patch_size)
+        arch.update(
+            use_abs_pos_embed=True, pretrain_img_size=side * patch_size)
     return arch
 
 
@@ -79,11 +82,13 @@ def convert(src: str) -> StateDict:
         arch = reference_arch(weights)
     except (KeyError, ValueError) as error:
         raise ValueError(f'{src}: {error}') from None
-    model = ACmixSwinTransformer(**arch, attn_impl='reference',
-                                 drop_path_rate=0.)
+    model = ACmixSwinTransformer(
+        **arch, attn_impl='reference', drop_path_rate=0.)
     missing, _ = model.load_state_dict(weights, strict=False)
-    return {key: value for key, value in model.state_dict().items()
-            if key not in missing}
+    return {
+        key: value
+        for key, value in model.state_dict().items() if key not in missing
+    }
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ def position_grid(height: int, width: int, dtype: torch.dtype,
     """(1, 2, H, W) grid: channel 0 is x in [-1, 1] along W, 1 is y along H."""
     xs = torch.linspace(-1., 1., width, dtype=dtype, device=device)
     ys = torch.linspace(-1., 1., height, dtype=dtype, device=device)
-    return torch.stack([xs.expand(height, width),
-                        ys[:, None].expand(height, width)])[None]
+    return torch.stack(
+        [xs.expand(height, width), ys[:, None].expand(height, width)])[None]
 
 
 class ACmix(BaseModule):
@@ -53,16 +53,22 @@ class ACmix(BaseModule):
         ceil(W / s)) for any H, W >= 1.
     """
 
-    def __init__(self, in_planes: int, out_planes: int, kernel_att: int = 7,
-                 head: int = 4, kernel_conv: int = 3, stride: int = 1,
-                 attn_impl: str = 'auto', conv_path: str = 'folded',
+    def __init__(self,
+                 in_planes: int,
+                 out_planes: int,
+                 kernel_att: int = 7,
+                 head: int = 4,
+                 kernel_conv: int = 3,
+                 stride: int = 1,
+                 attn_impl: str = 'auto',
+                 conv_path: str = 'folded',
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if out_planes % head != 0:
             raise ValueError(f'out_planes ({out_planes}) must be divisible '
                              f'by head ({head})')
-        for name, size in (('kernel_att', kernel_att),
-                           ('kernel_conv', kernel_conv)):
+        for name, size in (('kernel_att', kernel_att), ('kernel_conv',
+                                                        kernel_conv)):
             if size < 1 or size % 2 == 0:
                 raise ValueError(f'{name} must be a positive odd number, '
                                  f'got {size}')
@@ -84,12 +90,15 @@ class ACmix(BaseModule):
         self.conv2 = nn.Conv2d(in_planes, out_planes, 1)
         self.conv3 = nn.Conv2d(in_planes, out_planes, 1)
         self.conv_p = nn.Conv2d(2, self.head_dim, 1)
-        self.fc = nn.Conv2d(3 * head, kernel_conv * kernel_conv, 1,
-                            bias=False)
+        self.fc = nn.Conv2d(3 * head, kernel_conv * kernel_conv, 1, bias=False)
         self.dep_conv = nn.Conv2d(
-            kernel_conv * kernel_conv * self.head_dim, out_planes,
-            kernel_conv, stride=stride, padding=kernel_conv // 2,
-            groups=self.head_dim, bias=False)
+            kernel_conv * kernel_conv * self.head_dim,
+            out_planes,
+            kernel_conv,
+            stride=stride,
+            padding=kernel_conv // 2,
+            groups=self.head_dim,
+            bias=False)
         reset_acmix_parameters(self)
 
     def init_weights(self) -> None:
@@ -99,15 +108,14 @@ class ACmix(BaseModule):
     def _project(self, x: Tensor) -> Tensor:
         """One 1x1 convolution for q, k and v, output channels ordered
         channel-major: (B, head_dim, 3, head, H, W)."""
-        weight = torch.cat([self.conv1.weight, self.conv2.weight,
-                            self.conv3.weight])
+        weight = torch.cat(
+            [self.conv1.weight, self.conv2.weight, self.conv3.weight])
         bias = torch.cat([self.conv1.bias, self.conv2.bias, self.conv3.bias])
         order = (self.head_dim, 3 * self.head)
         weight = weight.view(order[::-1] + weight.shape[1:]).transpose(0, 1)
         bias = bias.view(order[::-1]).transpose(0, 1)
         qkv = F.conv2d(x, weight.flatten(0, 1), bias.flatten())
-        return qkv.view(x.shape[0], self.head_dim, 3, self.head,
-                        *x.shape[-2:])
+        return qkv.view(x.shape[0], self.head_dim, 3, self.head, *x.shape[-2:])
 
     def forward(self, x: Tensor) -> Tensor:
         qkv = self._project(x)
@@ -127,7 +135,8 @@ class ACmix(BaseModule):
             weight = fold_conv_path_weight(self.fc.weight,
                                            self.dep_conv.weight)
             out_conv = folded_conv_path(
-                qkv.flatten(1, 3), self.rate2.to(weight.dtype) * weight,
+                qkv.flatten(1, 3),
+                self.rate2.to(weight.dtype) * weight,
                 stride=self.stride)
             return torch.addcmul(out_conv, self.rate1.to(out_att.dtype),
                                  out_att)

@@ -21,9 +21,11 @@ SHIFT_MASK_VALUE = -100.
 
 def relative_position_index(window_size: int) -> Tensor:
     """(N, N) index into the ((2w - 1) ** 2, heads) bias table, N = w * w."""
-    coords = torch.stack(torch.meshgrid(
-        torch.arange(window_size), torch.arange(window_size),
-        indexing='ij')).flatten(1)
+    coords = torch.stack(
+        torch.meshgrid(
+            torch.arange(window_size),
+            torch.arange(window_size),
+            indexing='ij')).flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]) + window_size - 1
     return relative[0] * (2 * window_size - 1) + relative[1]
 
@@ -31,8 +33,8 @@ def relative_position_index(window_size: int) -> Tensor:
 def window_partition(x: Tensor, window_size: int) -> Tensor:
     """(B, H, W, C) -> (B * nW, window_size ** 2, C)."""
     batch, height, width, channels = x.shape
-    x = x.view(batch, height // window_size, window_size,
-               width // window_size, window_size, channels)
+    x = x.view(batch, height // window_size, window_size, width // window_size,
+               window_size, channels)
     return x.transpose(2, 3).reshape(-1, window_size * window_size, channels)
 
 
@@ -129,14 +131,20 @@ class ShiftWindowACmix(BaseModule):
 
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window_size - 1)**2, num_heads))
-        self.register_buffer('relative_position_index',
-                             relative_position_index(window_size),
-                             persistent=False)
+        self.register_buffer(
+            'relative_position_index',
+            relative_position_index(window_size),
+            persistent=False)
         self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.fc = nn.Conv2d(3 * num_heads, 9, 1, bias=True)
-        self.dep_conv = nn.Conv2d(9 * self.head_dim, embed_dims, 3,
-                                  padding=1, groups=self.head_dim, bias=False)
+        self.dep_conv = nn.Conv2d(
+            9 * self.head_dim,
+            embed_dims,
+            3,
+            padding=1,
+            groups=self.head_dim,
+            bias=False)
         self.rate1 = nn.Parameter(torch.empty(1))
         self.rate2 = nn.Parameter(torch.empty(1))
         self.attn_drop = nn.Dropout(attn_drop_rate)
@@ -192,8 +200,7 @@ class ShiftWindowACmix(BaseModule):
         if self.conv_path == 'as_written':
             return self.qkv(x)
         order = (3 * self.num_heads, self.head_dim)
-        weight = self.qkv.weight.view(*order, -1).transpose(0, 1).flatten(
-            0, 1)
+        weight = self.qkv.weight.view(*order, -1).transpose(0, 1).flatten(0, 1)
         bias = None if self.qkv.bias is None else \
             self.qkv.bias.view(order).t().flatten()
         return F.linear(x, weight, bias)
@@ -208,11 +215,12 @@ class ShiftWindowACmix(BaseModule):
             return shift_conv_path(maps, self.fc.weight, self.fc.bias,
                                    self.dep_conv.weight).permute(0, 2, 3, 1)
         weight = fold_conv_path_weight(self.fc.weight, self.dep_conv.weight)
-        bias = fold_conv_path_bias(self.fc.bias, self.dep_conv.weight,
-                                   height, width)
+        bias = fold_conv_path_bias(self.fc.bias, self.dep_conv.weight, height,
+                                   width)
         rate2 = self.rate2.to(weight.dtype)
-        return folded_conv_path(qkv.permute(0, 3, 1, 2), rate2 * weight,
-                                rate2 * bias).permute(0, 2, 3, 1)
+        return folded_conv_path(
+            qkv.permute(0, 3, 1, 2), rate2 * weight,
+            rate2 * bias).permute(0, 2, 3, 1)
 
     def _forward_shifted(self, x: Tensor, shift: int) -> Tensor:
         """(B, H, W, C) padded, shifted map -> (B, H, W, C): window
@@ -231,7 +239,10 @@ class ShiftWindowACmix(BaseModule):
             q, k, v = windows.view(-1, tokens, self.head_dim, 3,
                                    self.num_heads).permute(3, 0, 4, 1, 2)
         decision = choose_backend(
-            WINDOW_ATTENTION, self.attn_impl, qkv.device.type, qkv.dtype,
+            WINDOW_ATTENTION,
+            self.attn_impl,
+            qkv.device.type,
+            qkv.dtype,
             self.head_dim,
             requires_grad=torch.is_grad_enabled() and qkv.requires_grad)
         out = run_window_attention(

@@ -1,4 +1,5 @@
-"""Key conversion from the reference Swin-ACmix layout to ACmixSwinTransformer."""
+"""Key conversion from the reference Swin-ACmix layout to
+ACmixSwinTransformer."""
 import re
 from collections import OrderedDict
 from typing import Dict
@@ -13,8 +14,10 @@ _UNFOLD_ORDER = [0, 2, 1, 3]
 def _merge_reduction(weight: Tensor) -> Tensor:
     out_channels, in_channels = weight.shape
     weight = weight.reshape(out_channels, 4, in_channels // 4)
-    return weight[:, _UNFOLD_ORDER].transpose(1, 2).reshape(
-        out_channels, in_channels)
+    return weight[:,
+                  _UNFOLD_ORDER].transpose(1,
+                                           2).reshape(out_channels,
+                                                      in_channels)
 
 
 def _merge_norm(param: Tensor) -> Tensor:
@@ -33,11 +36,12 @@ def acmix_swin_converter(state_dict: Dict[str, Tensor]) -> 'OrderedDict':
     """
     converted = OrderedDict()
     num_stages = 1 + max(
-        (int(m.group(1)) for m in map(re.compile(r'layers\.(\d+)\.').match,
-                                      state_dict) if m), default=-1)
+        (int(m.group(1))
+         for m in map(re.compile(r'layers\.(\d+)\.').match, state_dict) if m),
+        default=-1)
     for key, value in state_dict.items():
         if key.startswith('head.') or key.endswith(
-                ('relative_position_index', 'attn_mask')):
+            ('relative_position_index', 'attn_mask')):
             continue
         new_key = key
         if key.startswith('layers.'):

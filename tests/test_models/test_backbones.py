@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from acmix_reference import RefResNetACmix, RefSwinACmix, randomize_
 from mmengine.config import Config
 from mmengine.logging import MessageHub
 from mmengine.runner.checkpoint import (CheckpointLoader, load_checkpoint,
@@ -21,11 +22,10 @@ from acmix_mm.utils.checkpoint import (CheckpointMismatchError,
                                        UntrustedCheckpointError,
                                        pop_module_weights,
                                        trust_local_checkpoints)
-from acmix_reference import RefResNetACmix, RefSwinACmix, randomize_
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL_SWIN = dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
-                  window_size=4)
+REPO = Path(__file__).resolve().parents[2]
+SMALL_SWIN = dict(
+    embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4)
 
 
 def stage_features(backbone):
@@ -62,7 +62,9 @@ def test_swin_loads_reference_checkpoint_and_matches_at_224(
         reference_swin_checkpoint):
     ref, path = reference_swin_checkpoint
     model = ACmixSwinTransformer(
-        arch='tiny', convert_weights=True, drop_path_rate=0.,
+        arch='tiny',
+        convert_weights=True,
+        drop_path_rate=0.,
         init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     model.eval()
@@ -83,24 +85,34 @@ def test_converter_tool_output_loads_without_conversion(
     ref, path = reference_swin_checkpoint
     out = tmp_path / 'converted.pth'
     tool = REPO / 'tools/model_converters/acmix_swin_to_mm.py'
-    subprocess.run([sys.executable, str(tool), str(path), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(tool),
+         str(path), str(out)],
+        check=True,
+        capture_output=True)
     # An existing output is never overwritten silently.
-    again = subprocess.run([sys.executable, str(tool), str(path), str(out)],
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, str(tool),
+         str(path), str(out)],
+        capture_output=True,
+        text=True)
     assert again.returncode != 0 and '--force' in again.stderr
     # The script reads checkpoints like the backbones do.
     broken = tmp_path / 'broken.pth'
     broken.write_bytes(path.read_bytes()[:1000])
-    failed = subprocess.run([sys.executable, str(tool), str(broken),
-                             str(tmp_path / 'none.pth')],
-                            capture_output=True, text=True)
+    failed = subprocess.run(
+        [sys.executable,
+         str(tool),
+         str(broken),
+         str(tmp_path / 'none.pth')],
+        capture_output=True,
+        text=True)
     assert failed.returncode != 0
     assert f'error: {broken} is not a valid checkpoint' in failed.stderr
 
     model = ACmixSwinTransformer(
-        drop_path_rate=0., init_cfg=dict(type='Pretrained',
-                                         checkpoint=str(out)))
+        drop_path_rate=0.,
+        init_cfg=dict(type='Pretrained', checkpoint=str(out)))
     model.init_weights()
     model.eval()
     feats = stage_features(model)
@@ -117,12 +129,19 @@ def test_resnet_loads_reference_checkpoint(depth, layers, tmp_path):
     ref = randomize_(RefResNetACmix(layers)).eval()
     path = tmp_path / 'reference_resnet.pth'
     # As written by a DataParallel training script.
-    torch.save({'state_dict': {f'module.{k}': v
-                               for k, v in ref.state_dict().items()}}, path)
-    model = ACmixResNet(depth, init_cfg=dict(type='Pretrained',
-                                             checkpoint=str(path)))
+    torch.save(
+        {
+            'state_dict': {
+                f'module.{k}': v
+                for k, v in ref.state_dict().items()
+            }
+        }, path)
+    model = ACmixResNet(
+        depth, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     assert set(model.state_dict()) == {
-        k for k in ref.state_dict() if not k.startswith('fc.')}
+        k
+        for k in ref.state_dict() if not k.startswith('fc.')
+    }
     model.init_weights()
     model.eval()
     x = torch.randn(2, 3, 64, 80)
@@ -163,8 +182,9 @@ def test_out_indices_select_outputs():
     outs = model(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [64, 256]
     assert not hasattr(model, 'norm0')
-    outs = ACmixResNet(26, out_indices=(0, 2)).eval()(torch.randn(1, 3, 64,
-                                                                  64))
+    outs = ACmixResNet(
+        26, out_indices=(0, 2)).eval()(
+            torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [256, 1024]
 
 
@@ -177,8 +197,11 @@ def test_resnet_frozen_stages():
     model = ACmixResNet(26, frozen_stages=2, norm_eval=False)
     model.train()
     frozen, trainable = frozen_and_trainable(model)
-    assert frozen == {n for n in frozen if n.startswith(
-        ('conv1.', 'bn1.', 'layer1.', 'layer2.'))}
+    assert frozen == {
+        n
+        for n in frozen
+        if n.startswith(('conv1.', 'bn1.', 'layer1.', 'layer2.'))
+    }
     assert any(n.startswith('layer2.1.conv2.rate1') for n in frozen)
     assert all(n.startswith(('layer3.', 'layer4.')) for n in trainable)
     assert not model.layer2.training and model.layer3.training
@@ -216,8 +239,8 @@ def test_with_cp_gives_identical_outputs_and_gradients(name):
         if name == 'resnet':
             model = ACmixResNet(26, with_cp=with_cp, norm_eval=False)
         else:
-            model = ACmixSwinTransformer(**SMALL_SWIN, drop_path_rate=0.2,
-                                         with_cp=with_cp)
+            model = ACmixSwinTransformer(
+                **SMALL_SWIN, drop_path_rate=0.2, with_cp=with_cp)
         model.init_weights()
         return model.train()
 
@@ -228,15 +251,17 @@ def test_with_cp_gives_identical_outputs_and_gradients(name):
         torch.manual_seed(2)  # same drop-path draws
         outs = model(x.clone().requires_grad_())
         sum((o * o).mean() for o in outs).backward()
-        results.append((outs, {n: p.grad for n, p in model.named_parameters()
-                               if p.grad is not None}))
+        results.append((outs, {
+            n: p.grad
+            for n, p in model.named_parameters() if p.grad is not None
+        }))
     (outs_plain, grads_plain), (outs_cp, grads_cp) = results
     for a, b in zip(outs_plain, outs_cp):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert grads_plain.keys() == grads_cp.keys()
     for key in grads_plain:
-        torch.testing.assert_close(grads_cp[key], grads_plain[key],
-                                   atol=1e-6, rtol=1e-5, msg=key)
+        torch.testing.assert_close(
+            grads_cp[key], grads_plain[key], atol=1e-6, rtol=1e-5, msg=key)
 
 
 @pytest.mark.parametrize('name', ['resnet', 'swin'])
@@ -245,9 +270,11 @@ def test_checkpoint_save_and_load_round_trip(name, tmp_path):
         (lambda: ACmixSwinTransformer(**SMALL_SWIN))
     model = randomize_(build()).eval()
     path = tmp_path / 'backbone.pth'
-    save_checkpoint({'state_dict': model.state_dict(),
-                     'meta': dict(epoch=3, mmengine_version='0.10.7')},
-                    str(path))
+    save_checkpoint(
+        {
+            'state_dict': model.state_dict(),
+            'meta': dict(epoch=3, mmengine_version='0.10.7')
+        }, str(path))
     restored = build()
     load_checkpoint(restored, str(path), strict=True)
     restored.eval()
@@ -257,9 +284,14 @@ def test_checkpoint_save_and_load_round_trip(name, tmp_path):
 
     # A full detector checkpoint ('backbone.' keys) initialises a backbone.
     detector = tmp_path / 'detector.pth'
-    torch.save({'state_dict': {f'backbone.{k}': v for k, v in
-                               model.state_dict().items()},
-                'meta': {}}, detector)
+    torch.save(
+        {
+            'state_dict': {
+                f'backbone.{k}': v
+                for k, v in model.state_dict().items()
+            },
+            'meta': {}
+        }, detector)
     fresh = build()
     fresh.init_cfg = dict(type='Pretrained', checkpoint=str(detector))
     fresh.init_weights()
@@ -286,8 +318,8 @@ def test_pretrained_checkpoint_of_another_model_is_rejected(tmp_path):
 
 def test_missing_checkpoint_file_names_the_path(tmp_path):
     missing = tmp_path / 'nowhere.pth'
-    model = ACmixResNet(26, init_cfg=dict(type='Pretrained',
-                                          checkpoint=str(missing)))
+    model = ACmixResNet(
+        26, init_cfg=dict(type='Pretrained', checkpoint=str(missing)))
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
         model.init_weights()
 
@@ -337,8 +369,8 @@ def test_arch_presets_and_overrides():
     assert len(small.stages[2].blocks) == 18
     base = ACmixSwinTransformer(arch='base')
     assert base.num_features == [128, 256, 512, 1024]
-    custom = ACmixSwinTransformer(arch='base', embed_dims=64,
-                                  num_heads=(2, 4, 8, 16))
+    custom = ACmixSwinTransformer(
+        arch='base', embed_dims=64, num_heads=(2, 4, 8, 16))
     assert custom.num_features == [64, 128, 256, 512]
     assert custom.stages[0].blocks[0].attn.num_heads == 2
 
@@ -362,8 +394,10 @@ class Holder(nn.Module):
 
 def random_weights(shapes: dict) -> dict:
     torch.manual_seed(0)
-    return {key: torch.randn(shape) if len(shape) else torch.tensor(7)
-            for key, shape in shapes.items()}
+    return {
+        key: torch.randn(shape) if len(shape) else torch.tensor(7)
+        for key, shape in shapes.items()
+    }
 
 
 @pytest.fixture
@@ -379,26 +413,42 @@ def test_version_0_1_work_dir_checkpoint_loads_into_whole_model(
         toy, tmp_path, trusted_local_files):
     model = build_model(Config.fromfile(str(TOY_CONFIGS[toy])))
     backbone = random_weights(LAYOUT_V01[f'{toy} backbone'])
-    state_dict = {key: value for key, value in model.state_dict().items()
-                  if not key.startswith('backbone.')}
-    state_dict.update((f'backbone.{key}', value)
-                      for key, value in backbone.items())
+    state_dict = {
+        key: value
+        for key, value in model.state_dict().items()
+        if not key.startswith('backbone.')
+    }
+    state_dict.update(
+        (f'backbone.{key}', value) for key, value in backbone.items())
     message_hub = MessageHub.get_instance(f'v01-{toy}')
     message_hub.update_scalar('train/loss', np.float64(1.5))
     path = tmp_path / 'iter_4.pth'
     # What Runner.save_checkpoint of version 0.1 wrote.
-    torch.save({'meta': dict(epoch=0, iter=4, mmengine_version='0.10.7',
-                             seed=0, experiment_name=toy),
-                'state_dict': state_dict,
-                'message_hub': message_hub.state_dict(),
-                'optimizer': {'state': {}, 'param_groups': []},
-                'param_schedulers': []}, path)
+    torch.save(
+        {
+            'meta':
+            dict(
+                epoch=0,
+                iter=4,
+                mmengine_version='0.10.7',
+                seed=0,
+                experiment_name=toy),
+            'state_dict':
+            state_dict,
+            'message_hub':
+            message_hub.state_dict(),
+            'optimizer': {
+                'state': {},
+                'param_groups': []
+            },
+            'param_schedulers': []
+        }, path)
 
     fresh = build_model(Config.fromfile(str(TOY_CONFIGS[toy])))
     load_checkpoint(fresh, str(path), strict=True)
     for key, value in fresh.backbone.state_dict().items():
-        torch.testing.assert_close(value, backbone[key], atol=0, rtol=0,
-                                   msg=key)
+        torch.testing.assert_close(
+            value, backbone[key], atol=0, rtol=0, msg=key)
 
 
 def test_version_0_1_converted_swin_loads_through_pretrained(tmp_path):
@@ -410,10 +460,12 @@ def test_version_0_1_converted_swin_loads_through_pretrained(tmp_path):
     model.init_weights()
     state = model.state_dict()
     assert set(state) - set(weights) == {
-        f'norm{i}.{p}' for i in range(3) for p in ('weight', 'bias')}
+        f'norm{i}.{p}'
+        for i in range(3)
+        for p in ('weight', 'bias')
+    }
     for key, value in weights.items():
-        torch.testing.assert_close(state[key], value, atol=0, rtol=0,
-                                   msg=key)
+        torch.testing.assert_close(state[key], value, atol=0, rtol=0, msg=key)
 
 
 def test_reference_layout_and_table_resize_through_load_from(
@@ -421,13 +473,18 @@ def test_reference_layout_and_table_resize_through_load_from(
     ref, path = reference_swin_checkpoint
     # A whole model whose backbone weights are the reference's own keys.
     whole = tmp_path / 'reference_in_detector.pth'
-    torch.save({'state_dict': {f'backbone.{key}': value for key, value in
-                               ref.state_dict().items()}}, whole)
+    torch.save(
+        {
+            'state_dict': {
+                f'backbone.{key}': value
+                for key, value in ref.state_dict().items()
+            }
+        }, whole)
     holder = Holder(ACmixSwinTransformer(drop_path_rate=0.))
     load_checkpoint(holder, str(whole))
     expected = ACmixSwinTransformer(
-        drop_path_rate=0., init_cfg=dict(type='Pretrained',
-                                         checkpoint=str(path)))
+        drop_path_rate=0.,
+        init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     expected.init_weights()
     for key, value in expected.state_dict().items():
         assert torch.equal(holder.backbone.state_dict()[key], value), key
@@ -440,9 +497,8 @@ def test_reference_layout_and_table_resize_through_load_from(
     load_checkpoint(target, str(small), strict=True)
     attn = target.backbone.stages[0].blocks[0].attn
     assert attn.relative_position_bias_table.shape == (11 * 11, 1)
-    torch.testing.assert_close(attn.qkv.weight,
-                               source.backbone.stages[0].blocks[0].attn.qkv
-                               .weight)
+    torch.testing.assert_close(
+        attn.qkv.weight, source.backbone.stages[0].blocks[0].attn.qkv.weight)
 
 
 def test_wrapper_prefixes_are_removed():
@@ -478,12 +534,15 @@ def test_shallower_resnet_checkpoint_is_an_error_unless_partial(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=R26_INTO_R50):
         load_checkpoint(Holder(ACmixResNet(50, base_channels=16)), str(whole))
 
-    partial = ACmixResNet(50, base_channels=16, init_cfg=pretrained,
-                          allow_partial_checkpoint=True)
+    partial = ACmixResNet(
+        50,
+        base_channels=16,
+        init_cfg=pretrained,
+        allow_partial_checkpoint=True)
     untouched = partial.layer3[5].conv1.weight.clone()
     partial.init_weights()
-    assert torch.equal(partial.layer3[3].conv2.rate1, r26.layer3[3].conv2
-                       .rate1)
+    assert torch.equal(partial.layer3[3].conv2.rate1,
+                       r26.layer3[3].conv2.rate1)
     assert torch.equal(partial.layer3[5].conv1.weight, untouched)
 
 
@@ -493,14 +552,15 @@ def test_swin_checkpoint_of_fewer_blocks_names_them(tmp_path):
     deeper = ACmixSwinTransformer(
         **dict(SMALL_SWIN, depths=(2, 2, 4, 2)),
         init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    with pytest.raises(CheckpointMismatchError,
-                       match=r'ACmixSwinTransformer: stages\.2\.blocks\.2, '
-                       r'stages\.2\.blocks\.3\.'):
+    with pytest.raises(
+            CheckpointMismatchError,
+            match=r'ACmixSwinTransformer: stages\.2\.blocks\.2, '
+            r'stages\.2\.blocks\.3\.'):
         deeper.init_weights()
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'empty',
-                                    'tensor', 'no tensors'])
+@pytest.mark.parametrize(
+    'damage', ['truncated', 'garbage', 'empty', 'tensor', 'no tensors'])
 @pytest.mark.parametrize('trusted', [False, True])
 def test_unreadable_checkpoints_are_not_valid(damage, trusted, tmp_path,
                                               monkeypatch):
@@ -519,16 +579,17 @@ def test_unreadable_checkpoints_are_not_valid(damage, trusted, tmp_path,
     if damage in content:
         path.write_bytes(content[damage])
     else:
-        torch.save(torch.zeros(3) if damage == 'tensor' else
-                   {'epoch': 3}, path)
-    model = ACmixResNet(26, init_cfg=dict(type='Pretrained',
-                                          checkpoint=str(path)))
-    with pytest.raises(InvalidCheckpointError,
-                       match=f'{path} is not a valid checkpoint'):
+        torch.save(
+            torch.zeros(3) if damage == 'tensor' else {'epoch': 3}, path)
+    model = ACmixResNet(
+        26, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(
+            InvalidCheckpointError, match=f'{path} is not a valid checkpoint'):
         model.init_weights()
     if trusted and damage in content:  # the scripts' load_from route
-        with pytest.raises(InvalidCheckpointError,
-                           match=f'{path} is not a valid checkpoint'):
+        with pytest.raises(
+                InvalidCheckpointError,
+                match=f'{path} is not a valid checkpoint'):
             load_checkpoint(Holder(ACmixResNet(26)), str(path))
 
 
@@ -536,10 +597,15 @@ def test_checkpoint_with_objects_asks_for_trust(tmp_path, monkeypatch):
     monkeypatch.setattr(CheckpointLoader, '_schemes',
                         dict(CheckpointLoader._schemes))
     path = tmp_path / 'with_numpy.pth'
-    torch.save({'state_dict': ACmixResNet(26).state_dict(),
-                'meta': {'hist': np.zeros(3)}}, path)
-    model = ACmixResNet(26, init_cfg=dict(type='Pretrained',
-                                          checkpoint=str(path)))
+    torch.save(
+        {
+            'state_dict': ACmixResNet(26).state_dict(),
+            'meta': {
+                'hist': np.zeros(3)
+            }
+        }, path)
+    model = ACmixResNet(
+        26, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     with pytest.raises(UntrustedCheckpointError) as error:
         model.init_weights()
     message = str(error.value)

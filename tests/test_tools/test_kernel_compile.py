@@ -14,7 +14,7 @@ from typing import List
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / 'tools/analysis_tools/compile_kernels.py'
 OLDEST_TRITON = '2.1.0'
 # pip's words for an index it cannot reach.
@@ -50,21 +50,25 @@ def check_run(result: subprocess.CompletedProcess, report: Path) -> dict:
 def compile_kernels(tmp_path: Path, *args: str) -> dict:
     report = tmp_path / 'report.json'
     result = subprocess.run(
-        tool_command(report, '--arch', '90', *args), capture_output=True,
-        text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=900)
+        tool_command(report, '--arch', '90', *args),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=900)
     return check_run(result, report)
 
 
 @needs_nvidia_triton
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
+@pytest.mark.slow
 def test_widest_head_dim_compiles_for_sm90(tmp_path, dtype):
-    report = compile_kernels(tmp_path, '--dtypes', dtype, '--head-dims',
-                             '128', '--strides', '1', '2', '--small-maps',
-                             '0')
+    report = compile_kernels(tmp_path, '--dtypes', dtype, '--head-dims', '128',
+                             '--strides', '1', '2', '--small-maps', '0')
     variants = report['variants']
     assert len(variants) == 3 * 2 * 4  # kernels x strides x tuning configs
-    assert {row['kernel'] for row in variants} == {
-        'forward', 'grad_query', 'grad_key_value'}
+    assert {row['kernel']
+            for row in variants
+            } == {'forward', 'grad_query', 'grad_key_value'}
     for row in variants:
         assert row['error'] is None
         assert 0 < row['shared_bytes'] <= report['shared_limit']
@@ -72,6 +76,7 @@ def test_widest_head_dim_compiles_for_sm90(tmp_path, dtype):
 
 
 @needs_nvidia_triton
+@pytest.mark.slow
 def test_small_map_variant_compiles_for_sm90(tmp_path):
     report = compile_kernels(tmp_path, '--dtypes', 'float16', '--head-dims',
                              '8', '--kernel-sizes', '3', '--strides', '1',
@@ -85,7 +90,8 @@ def test_small_map_variant_compiles_for_sm90(tmp_path):
 def test_unsupported_head_dim_is_named(tmp_path):
     result = subprocess.run(
         [sys.executable, str(TOOL), '--head-dims', '12'],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
         env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode != 0
     assert 'got 12' in result.stderr
@@ -96,32 +102,40 @@ def test_unsupported_head_dim_is_named(tmp_path):
          and sys.version_info < (3, 12)),
     reason=f'Triton {OLDEST_TRITON} has wheels for x86-64 Linux and '
     f'CPython <= 3.11 only')
+@pytest.mark.slow
 def test_oldest_triton_compiles_for_sm80_and_sm90(tmp_path):
     """Triton 2.1's keyword compile API: pip-installs it beside the project
     and compiles a subset for both architectures at once (2 processes)."""
     triton_dir = tmp_path / 'triton'
-    pip = subprocess.run(
-        [sys.executable, '-m', 'pip', 'install', '--no-deps', '--quiet',
-         '--disable-pip-version-check', '--retries', '1', '--timeout', '30',
-         '--target', str(triton_dir), f'triton=={OLDEST_TRITON}'],
-        capture_output=True, text=True, timeout=600)
+    pip = subprocess.run([
+        sys.executable, '-m', 'pip', 'install', '--no-deps', '--quiet',
+        '--disable-pip-version-check', '--retries', '1', '--timeout', '30',
+        '--target',
+        str(triton_dir), f'triton=={OLDEST_TRITON}'
+    ],
+                         capture_output=True,
+                         text=True,
+                         timeout=600)
     if pip.returncode and UNREACHABLE_INDEX.search(pip.stdout + pip.stderr):
         pytest.skip(f'pip cannot reach the package index to install '
                     f'triton=={OLDEST_TRITON}')
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
 
-    env = dict(os.environ,
-               PYTHONPATH=os.pathsep.join([str(triton_dir), str(REPO)]),
-               TRITON_CACHE_DIR=str(tmp_path / 'cache'))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(triton_dir),
+                                    str(REPO)]),
+        TRITON_CACHE_DIR=str(tmp_path / 'cache'))
     runs = {}
     for arch in ('80', '90'):
         report_path = tmp_path / f'sm{arch}.json'
         runs[report_path] = subprocess.Popen(
             tool_command(report_path, '--arch', arch, '--dtypes', 'float16',
-                         'float32', '--head-dims', '32', '--strides', '1',
-                         '2', '--small-maps', '0', '--tuning-configs',
-                         '4,2'),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         'float32', '--head-dims', '32', '--strides', '1', '2',
+                         '--small-maps', '0', '--tuning-configs', '4,2'),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env=env)
     results = {}
     for report_path, run in runs.items():

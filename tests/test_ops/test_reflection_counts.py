@@ -23,7 +23,8 @@ def expected_counts(height, width, kernel_size, stride):
     counts = torch.stack([
         reflection_multiplicity(rows, torch.tensor(y), height, kernel_size) *
         reflection_multiplicity(cols, torch.tensor(x), width, kernel_size)
-        for y in range(height) for x in range(width)])
+        for y in range(height) for x in range(width)
+    ])
     return counts.float()
 
 
@@ -31,8 +32,8 @@ def expected_counts(height, width, kernel_size, stride):
 @pytest.mark.parametrize('height,width,kernel_size', [(2, 2, 5), (3, 5, 7),
                                                       (1, 4, 3), (6, 7, 3),
                                                       (4, 3, 7)])
-def test_triton_kernels_count_reflections_like_the_rule(height, width,
-                                                        kernel_size, stride):
+def test_triton_kernels_count_reflections_like_the_rule(
+        height, width, kernel_size, stride):
     pixels = height * width
     head_dim = 8 * math.ceil(pixels / 8)
     if triton_backend.local_attention_unavailable_reason(
@@ -46,6 +47,8 @@ def test_triton_kernels_count_reflections_like_the_rule(height, width,
                                          kernel_size, stride)
     counts = out[0, 0, :pixels] * kernel_size**2
     torch.testing.assert_close(
-        counts, expected_counts(height, width, kernel_size, stride),
-        atol=1e-4, rtol=0)
+        counts,
+        expected_counts(height, width, kernel_size, stride),
+        atol=1e-4,
+        rtol=0)
     assert (out[0, 0, pixels:] == 0).all()

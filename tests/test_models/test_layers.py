@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
+from acmix_reference import RefACmix, RefWindowACmix, randomize_, shift_mask
 
 from acmix_mm.models.layers import ACmix, ShiftWindowACmix
 from acmix_mm.ops import CONV_PATHS
-from acmix_reference import RefACmix, RefWindowACmix, randomize_, shift_mask
 
 
 @pytest.fixture(params=CONV_PATHS)
@@ -14,12 +14,19 @@ def conv_path(request):
     return request.param
 
 
-def make_pair(in_planes=8, out_planes=16, kernel_att=7, head=4,
-              kernel_conv=3, stride=1, seed=0, **layer_kwargs):
-    ref = randomize_(RefACmix(in_planes, out_planes, kernel_att, head,
-                              kernel_conv, stride), seed)
-    layer = ACmix(in_planes, out_planes, kernel_att, head, kernel_conv,
-                  stride, **layer_kwargs)
+def make_pair(in_planes=8,
+              out_planes=16,
+              kernel_att=7,
+              head=4,
+              kernel_conv=3,
+              stride=1,
+              seed=0,
+              **layer_kwargs):
+    ref = randomize_(
+        RefACmix(in_planes, out_planes, kernel_att, head, kernel_conv, stride),
+        seed)
+    layer = ACmix(in_planes, out_planes, kernel_att, head, kernel_conv, stride,
+                  **layer_kwargs)
     layer.load_state_dict(ref.state_dict(), strict=True)
     return ref, layer
 
@@ -46,8 +53,7 @@ def test_initialisation_is_shift_kernels_and_half_rates():
 
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('h,w', [(8, 8), (14, 10), (16, 12)])
-def test_matches_reference_where_reference_code_works(stride, h, w,
-                                                      conv_path):
+def test_matches_reference_where_reference_code_works(stride, h, w, conv_path):
     ref, layer = make_pair(stride=stride, conv_path=conv_path)
     x = torch.randn(2, 8, h, w)
     torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
@@ -57,20 +63,18 @@ def test_matches_reference_where_reference_code_works(stride, h, w,
 @pytest.mark.parametrize('h,w', [(1, 1), (1, 4), (2, 2), (3, 3), (4, 4),
                                  (3, 4), (2, 1), (5, 9), (11, 7)])
 def test_tiny_and_odd_sizes(stride, h, w, conv_path):
-    ref, layer = make_pair(stride=stride, seed=h * 10 + w,
-                           conv_path=conv_path)
+    ref, layer = make_pair(stride=stride, seed=h * 10 + w, conv_path=conv_path)
     x = torch.randn(2, 8, h, w)
     out = layer(x)
     assert out.shape == (2, 16, math.ceil(h / stride), math.ceil(w / stride))
     torch.testing.assert_close(out, ref(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize('kernel_att,head,kernel_conv', [(3, 2, 3),
-                                                         (5, 1, 5),
+@pytest.mark.parametrize('kernel_att,head,kernel_conv', [(3, 2, 3), (5, 1, 5),
                                                          (7, 8, 1)])
 def test_other_kernel_and_head_settings(kernel_att, head, kernel_conv):
-    ref, layer = make_pair(kernel_att=kernel_att, head=head,
-                           kernel_conv=kernel_conv, stride=2)
+    ref, layer = make_pair(
+        kernel_att=kernel_att, head=head, kernel_conv=kernel_conv, stride=2)
     x = torch.randn(1, 8, 9, 6)
     torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
 
@@ -87,14 +91,14 @@ def test_gradients_match_reference(stride, conv_path):
     torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
     ref_grads = dict(ref.named_parameters())
     for name, param in layer.named_parameters():
-        torch.testing.assert_close(param.grad, ref_grads[name].grad,
-                                   atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(
+            param.grad, ref_grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize('stride', [1, 2])
 def test_gradcheck_float64(stride, conv_path):
-    layer = randomize_(ACmix(3, 4, kernel_att=3, head=2, stride=stride,
-                             conv_path=conv_path))
+    layer = randomize_(
+        ACmix(3, 4, kernel_att=3, head=2, stride=stride, conv_path=conv_path))
     layer = layer.double()
     x = torch.randn(1, 3, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x, ))
@@ -129,28 +133,32 @@ def test_invalid_arguments_name_the_problem():
         ACmix(8, 16, kernel_att=4)
     with pytest.raises(ValueError, match='conv_path must be one of'):
         ACmix(8, 16, conv_path='fast')
-    with pytest.raises(ValueError, match="'sdpa' does not implement "
-                       'local_attention'):
+    with pytest.raises(
+            ValueError, match="'sdpa' does not implement "
+            'local_attention'):
         ACmix(8, 16, attn_impl='sdpa')
-    with pytest.raises(ValueError, match="'triton' does not implement "
-                       'window_attention'):
+    with pytest.raises(
+            ValueError, match="'triton' does not implement "
+            'window_attention'):
         ShiftWindowACmix(12, 3, 4, attn_impl='triton')
 
 
-def make_window_pair(dim=12, heads=3, window=4, shift=0, seed=0,
+def make_window_pair(dim=12,
+                     heads=3,
+                     window=4,
+                     shift=0,
+                     seed=0,
                      **layer_kwargs):
     ref = randomize_(RefWindowACmix(dim, window, heads), seed)
-    layer = ShiftWindowACmix(dim, heads, window, shift_size=shift,
-                             **layer_kwargs)
-    missing, unexpected = layer.load_state_dict(ref.state_dict(),
-                                                strict=False)
+    layer = ShiftWindowACmix(
+        dim, heads, window, shift_size=shift, **layer_kwargs)
+    missing, unexpected = layer.load_state_dict(ref.state_dict(), strict=False)
     assert not missing and unexpected == ['relative_position_index']
     return ref, layer
 
 
 @pytest.mark.parametrize('shift', [0, 2])
-def test_window_acmix_matches_reference_on_window_multiples(
-        shift, conv_path):
+def test_window_acmix_matches_reference_on_window_multiples(shift, conv_path):
     ref, layer = make_window_pair(shift=shift, conv_path=conv_path)
     b, h, w, c = 2, 8, 12, 12
     x = torch.randn(b, h, w, c)
@@ -160,8 +168,8 @@ def test_window_acmix_matches_reference_on_window_multiples(
     if shift:
         expected = torch.roll(expected, (shift, shift), (1, 2))
     out = layer(x.view(b, h * w, c), (h, w))
-    torch.testing.assert_close(out, expected.reshape(b, h * w, c),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, expected.reshape(b, h * w, c), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize('h,w', [(5, 11), (1, 1), (3, 9), (13, 4)])
@@ -180,13 +188,13 @@ def test_window_acmix_pads_and_crops(h, w, conv_path):
     expected = ref(padded, shift_mask(ph, pw, 4, shift) if shift else None)
     if shift:
         expected = torch.roll(expected, (shift, shift), (1, 2))
-    torch.testing.assert_close(out, expected[:, :h, :w].reshape(2, h * w, 12),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, expected[:, :h, :w].reshape(2, h * w, 12), atol=1e-5, rtol=1e-5)
 
 
 def test_window_acmix_gradcheck_float64(conv_path):
-    layer = randomize_(ShiftWindowACmix(4, 2, 2, shift_size=1,
-                                        conv_path=conv_path)).double()
+    layer = randomize_(
+        ShiftWindowACmix(4, 2, 2, shift_size=1, conv_path=conv_path)).double()
     x = torch.randn(1, 3 * 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: layer(t, (3, 5)), (x, ))
 
@@ -221,14 +229,20 @@ def test_every_cpu_backend_matches_reference_with_gradients(
     if attn_impl == 'triton':
         pytest.importorskip('triton')
     # head_dim 8: the Triton kernels' smallest.
-    ref, layer = make_pair(out_planes=16, kernel_att=5, head=2, stride=stride,
-                           attn_impl=attn_impl, conv_path=conv_path)
+    ref, layer = make_pair(
+        out_planes=16,
+        kernel_att=5,
+        head=2,
+        stride=stride,
+        attn_impl=attn_impl,
+        conv_path=conv_path)
     x = torch.randn(2, 8, h, w)
     x_ref = x.clone().requires_grad_()
     ref_out = ref(x_ref)
     ref_grads = torch.autograd.grad(
-        (ref_out * torch.linspace(-1, 1, ref_out.numel()).view_as(
-            ref_out)).sum(), [x_ref, *ref.parameters()])
+        (ref_out *
+         torch.linspace(-1, 1, ref_out.numel()).view_as(ref_out)).sum(),
+        [x_ref, *ref.parameters()])
     out, grads = output_and_grads(layer, x)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
     for grad, expected in zip(grads, ref_grads):
@@ -239,8 +253,13 @@ def test_every_cpu_backend_matches_reference_with_gradients(
 @pytest.mark.parametrize('h,w', [(3, 4), (9, 6)])
 def test_flex_layer_matches_reference_at_inference(stride, h, w, conv_path):
     pytest.importorskip('torch.nn.attention.flex_attention')
-    ref, layer = make_pair(out_planes=16, kernel_att=5, head=2, stride=stride,
-                           attn_impl='flex', conv_path=conv_path)
+    ref, layer = make_pair(
+        out_planes=16,
+        kernel_att=5,
+        head=2,
+        stride=stride,
+        attn_impl='flex',
+        conv_path=conv_path)
     x = torch.randn(2, 8, h, w)
     with torch.no_grad():  # FlexAttention has no CPU backward
         torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
@@ -250,10 +269,10 @@ def test_flex_layer_matches_reference_at_inference(stride, h, w, conv_path):
 @pytest.mark.parametrize('h,w', [(8, 12), (5, 11)])
 def test_every_window_backend_matches_with_gradients(attn_impl, h, w,
                                                      conv_path):
-    _, reference = make_window_pair(shift=2, attn_impl='reference',
-                                    conv_path='as_written')
-    _, layer = make_window_pair(shift=2, attn_impl=attn_impl,
-                                conv_path=conv_path)
+    _, reference = make_window_pair(
+        shift=2, attn_impl='reference', conv_path='as_written')
+    _, layer = make_window_pair(
+        shift=2, attn_impl=attn_impl, conv_path=conv_path)
     x = torch.randn(2, h * w, 12)
     expected_out, expected_grads = output_and_grads(reference, x, (h, w))
     out, grads = output_and_grads(layer, x, (h, w))

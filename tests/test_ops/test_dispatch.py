@@ -11,14 +11,14 @@ import warnings
 
 import pytest
 import torch
+from acmix_reference import randomize_
 
 from acmix_mm.models.layers import ACmix
 from acmix_mm.ops import (BACKENDS, LOCAL_ATTENTION, WINDOW_ATTENTION,
                           choose_backend, dispatch, local_attention,
-                          local_attention_reference, window_attention,
-                          window_attention_reference)
+                          local_attention_reference)
 from acmix_mm.ops import triton as triton_backend
-from acmix_reference import randomize_
+from acmix_mm.ops import window_attention, window_attention_reference
 
 FALLBACK = "'auto' does not run"
 RUN_TIME_FALLBACK = 'falls back to the reference'
@@ -56,8 +56,8 @@ def outputs_and_grads(attention, q, k, v):
 def assert_matches_reference(q, k, v, attn_impl):
     out, grads = outputs_and_grads(
         lambda *args: local_attention(*args, attn_impl=attn_impl), q, k, v)
-    expected_out, expected_grads = outputs_and_grads(
-        local_attention_reference, q, k, v)
+    expected_out, expected_grads = outputs_and_grads(local_attention_reference,
+                                                     q, k, v)
     torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
     for grad, expected in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-5)
@@ -70,9 +70,10 @@ def auto_warnings(q, k, v, calls=3):
         warnings.simplefilter('always')
         for _ in range(calls):
             assert_matches_reference(q, k, v, 'auto')
-    return [str(w.message) for w in caught
-            if FALLBACK in str(w.message)
-            or RUN_TIME_FALLBACK in str(w.message)]
+    return [
+        str(w.message) for w in caught
+        if FALLBACK in str(w.message) or RUN_TIME_FALLBACK in str(w.message)
+    ]
 
 
 # ------------------------------------------------------------ 'auto' on CPU
@@ -183,16 +184,18 @@ def test_failing_kernel_falls_back_with_one_warning(monkeypatch, name):
 def test_layer_with_auto_trains_through_a_failing_kernel(monkeypatch):
     cuda_order_on_cpu(monkeypatch)
     break_kernel(monkeypatch, 'forward')
-    reference = randomize_(ACmix(8, 16, kernel_att=5, head=2,
-                                 attn_impl='reference'))
+    reference = randomize_(
+        ACmix(8, 16, kernel_att=5, head=2, attn_impl='reference'))
     auto = ACmix(8, 16, kernel_att=5, head=2, attn_impl='auto')
     auto.load_state_dict(reference.state_dict())
     images = torch.randn(2, 8, 7, 9)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         outs = [layer(images) for layer in (auto, reference)]
-        grads = [torch.autograd.grad(out.square().sum(), layer.parameters())
-                 for out, layer in zip(outs, (auto, reference))]
+        grads = [
+            torch.autograd.grad(out.square().sum(), layer.parameters())
+            for out, layer in zip(outs, (auto, reference))
+        ]
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
@@ -213,12 +216,16 @@ def test_reference_never_warns(monkeypatch):
 
 def test_named_backend_that_cannot_run_raises_with_the_reason(monkeypatch):
     q, k, v = leaf_qkv(head_dim=4)
-    with pytest.raises(RuntimeError, match="'flex' cannot run "
-                       'local_attention here: FlexAttention has no backward'):
+    with pytest.raises(
+            RuntimeError,
+            match="'flex' cannot run "
+            'local_attention here: FlexAttention has no backward'):
         local_attention(q, k, v, 3, attn_impl='flex')
     monkeypatch.setitem(sys.modules, 'triton', None)
-    with pytest.raises(RuntimeError, match="'triton' cannot run "
-                       'local_attention here: Triton is not installed'):
+    with pytest.raises(
+            RuntimeError,
+            match="'triton' cannot run "
+            'local_attention here: Triton is not installed'):
         local_attention(q, k, v, 3, attn_impl='triton')
 
 
@@ -234,14 +241,15 @@ def test_named_triton_raises_when_a_kernel_fails(monkeypatch):
     q, k, v = leaf_qkv()
     with pytest.raises(RuntimeError, match='grad_query kernel failed'):
         outputs_and_grads(
-            lambda *args: local_attention(*args, attn_impl='triton'), q, k,
-            v)
+            lambda *args: local_attention(*args, attn_impl='triton'), q, k, v)
 
 
 def test_fused_names_its_replacements():
     q, k, v = leaf_qkv()
-    with pytest.raises(ValueError, match="'fused' was replaced by.*'triton'"
-                       ".*'flex'.*'sdpa'"):
+    with pytest.raises(
+            ValueError,
+            match="'fused' was replaced by.*'triton'"
+            ".*'flex'.*'sdpa'"):
         local_attention(q, k, v, 3, attn_impl='fused')
     with pytest.raises(ValueError, match="'fused' was replaced"):
         ACmix(8, 16, attn_impl='fused')
@@ -258,8 +266,10 @@ def test_backend_of_another_op_names_the_right_ones(op, attn_impl):
 
 
 def test_unknown_attn_impl_lists_the_values():
-    with pytest.raises(ValueError, match="must be one of \\('auto', "
-                       "'reference', 'triton', 'flex', 'sdpa'\\)"):
+    with pytest.raises(
+            ValueError,
+            match="must be one of \\('auto', "
+            "'reference', 'triton', 'flex', 'sdpa'\\)"):
         choose_backend(LOCAL_ATTENTION, 'fast', 'cpu', torch.float32, 8)
 
 
@@ -270,4 +280,6 @@ def test_window_attention_backends_match():
     for attn_impl in ('auto', 'sdpa', 'reference'):
         torch.testing.assert_close(
             window_attention(q, k, v, bias, 0.3, attn_impl=attn_impl),
-            expected, atol=1e-5, rtol=1e-5)
+            expected,
+            atol=1e-5,
+            rtol=1e-5)

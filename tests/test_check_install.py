@@ -13,15 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 ON_CUDA = torch.cuda.is_available()
 OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg')
 # Makes every OpenMMLab import fail, as where they are not installed.
-WITHOUT_OPENMMLAB = (
-    'import sys\n'
-    f'sys.modules.update(dict.fromkeys({OPENMMLAB!r}))\n')
+WITHOUT_OPENMMLAB = ('import sys\n'
+                     f'sys.modules.update(dict.fromkeys({OPENMMLAB!r}))\n')
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)],
-                          capture_output=True, text=True, cwd=REPO,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, '-c', textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600)
 
 
 def check_install(*args: str, without_openmmlab: bool = False):

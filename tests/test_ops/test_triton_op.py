@@ -70,8 +70,8 @@ def test_opcheck(shape):
 @pytest.mark.parametrize('height,width,stride', [(1, 1, 1), (5, 8, 2),
                                                  (200, 333, 2), (9, 4, 1)])
 def test_fake_results_on_meta_tensors(height, width, stride, dtype):
-    q, k, v = torch.randn(3, 2, 4, 16, height, width, dtype=dtype,
-                          device='meta').unbind(0)
+    q, k, v = torch.randn(
+        3, 2, 4, 16, height, width, dtype=dtype, device='meta').unbind(0)
     out, lse = torch.ops.acmix_mm.local_attention(q, k, v, 7, stride, SCALE)
     out_height, out_width = -(-height // stride), -(-width // stride)
     assert out.shape == (2, 4, 16, out_height, out_width)
@@ -86,8 +86,8 @@ def test_fake_results_on_meta_tensors(height, width, stride, dtype):
 
 def test_unavailable_reason():
     q, k, v = random_qkv(1, 1, 8, 5, 5)
-    assert triton_backend.local_attention_unavailable_reason(
-        q, k, v, 3, 1) is None
+    assert triton_backend.local_attention_unavailable_reason(q, k, v, 3,
+                                                             1) is None
     assert 'kernel_size must be one of' in \
         triton_backend.local_attention_unavailable_reason(q, k, v, 9, 1)
     assert 'head_dim' in triton_backend.local_attention_unavailable_reason(
@@ -126,21 +126,20 @@ class FailingLaunch:
             f'{self.cause}', triton_kernels._variant(q, meta))
 
 
-@pytest.mark.parametrize('kernel', ['forward', 'grad_query',
-                                    'grad_key_value'])
+@pytest.mark.parametrize('kernel', ['forward', 'grad_query', 'grad_key_value'])
 def test_failed_kernel_raises_without_fallback(monkeypatch, kernel):
     monkeypatch.setattr(triton_kernels, '_launch',
                         FailingLaunch(kernel, f'no fallback {kernel}'))
     q, k, v = random_qkv(1, 2, 8, 6, 7)
-    with pytest.raises(triton_kernels.KernelError,
-                       match=f'fused {kernel} kernel.*no fallback {kernel}'):
+    with pytest.raises(
+            triton_kernels.KernelError,
+            match=f'fused {kernel} kernel.*no fallback {kernel}'):
         triton_backend.local_attention(q, k, v, 5, 2, SCALE).sum().backward()
-    assert triton_backend.local_attention_unavailable_reason(
-        q, k, v, 5, 2) is None
+    assert triton_backend.local_attention_unavailable_reason(q, k, v, 5,
+                                                             2) is None
 
 
-@pytest.mark.parametrize('kernel', ['forward', 'grad_query',
-                                    'grad_key_value'])
+@pytest.mark.parametrize('kernel', ['forward', 'grad_query', 'grad_key_value'])
 def test_failed_kernel_falls_back_to_reference(monkeypatch, kernel):
     """fallback=True: the reference computes the failed kernel's result
     (gradients recomputed), the variant is not tried again and the
@@ -152,17 +151,16 @@ def test_failed_kernel_falls_back_to_reference(monkeypatch, kernel):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         for _ in range(3):
-            out = triton_backend.local_attention(q, k, v, 5, 2, SCALE,
-                                                 fallback=True)
+            out = triton_backend.local_attention(
+                q, k, v, 5, 2, SCALE, fallback=True)
             grad_out = torch.randn(out.shape)
             grads = torch.autograd.grad(out, (q, k, v), grad_out)
             expected_out, expected_grads = reference_and_grads(
                 q, k, v, 5, 2, grad_out)
-            torch.testing.assert_close(out, expected_out, atol=1e-5,
-                                       rtol=1e-5)
+            torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
             for grad, expected in zip(grads, expected_grads):
-                torch.testing.assert_close(grad, expected, atol=1e-4,
-                                           rtol=1e-5)
+                torch.testing.assert_close(
+                    grad, expected, atol=1e-4, rtol=1e-5)
     assert failing.attempts == 1
     messages = [str(w.message) for w in caught if cause in str(w.message)]
     assert len(messages) == 1
@@ -186,8 +184,8 @@ def test_compiled_fullgraph_matches_eager():
     from torch._dynamo.testing import CompileCounterWithBackend
     torch._dynamo.reset()
     counter = CompileCounterWithBackend('inductor')
-    compiled = torch.compile(attention_block, fullgraph=True, dynamic=True,
-                             backend=counter)
+    compiled = torch.compile(
+        attention_block, fullgraph=True, dynamic=True, backend=counter)
     frames = []  # compiled frames after each size
     # (height, width, kernel_size, stride); maps smaller than the window.
     for height, width, kernel_size, stride in [(6, 7, 5, 2), (9, 11, 5, 2),
@@ -200,7 +198,7 @@ def test_compiled_fullgraph_matches_eager():
                                              (q, k, v))
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         for grad, expected_grad in zip(grads, expected_grads):
-            torch.testing.assert_close(grad, expected_grad, atol=1e-5,
-                                       rtol=1e-5)
+            torch.testing.assert_close(
+                grad, expected_grad, atol=1e-5, rtol=1e-5)
         frames.append(counter.frame_count)
     assert frames == frames[:1] * len(frames)

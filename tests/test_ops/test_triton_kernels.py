@@ -15,9 +15,8 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip('triton')
 
 from acmix_mm.ops import triton_kernels  # noqa: E402
+from acmix_mm.ops.reference import local_attention_reference  # noqa: E402
 from acmix_mm.ops.triton import local_attention  # noqa: E402
-from acmix_mm.ops.reference import (  # noqa: E402
-    local_attention_reference)
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = 'cuda' if ON_CUDA else 'cpu'
@@ -30,10 +29,11 @@ TOLERANCES = {
 cuda_only = pytest.mark.skipif(not ON_CUDA, reason='needs a CUDA GPU')
 
 if not ON_CUDA and not triton_kernels.interpreter_active():
-    pytest.fail('acmix_mm.ops.triton_kernels was imported before '
-                'TRITON_INTERPRET=1 was set; set it before importing acmix_mm '
-                '(e.g. in conftest.py) to run these tests without a GPU',
-                pytrace=False)
+    pytest.fail(
+        'acmix_mm.ops.triton_kernels was imported before '
+        'TRITON_INTERPRET=1 was set; set it before importing acmix_mm '
+        '(e.g. in conftest.py) to run these tests without a GPU',
+        pytrace=False)
 
 # (batch, heads, head_dim, height, width, kernel_size, stride)
 SHAPES = [
@@ -94,8 +94,8 @@ def assert_close(actual, expected, dtype, name):
     dQ with head_dim 128) grow with the values summed, in every dtype."""
     tolerance = dict(TOLERANCES[dtype])
     tolerance['atol'] *= max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected, **tolerance,
-                               msg=lambda m: f'{name}: {m}')
+    torch.testing.assert_close(
+        actual.double(), expected, **tolerance, msg=lambda m: f'{name}: {m}')
 
 
 def check_against_reference(q, k, v, kernel_size, stride, grad_out=None):
@@ -108,8 +108,8 @@ def check_against_reference(q, k, v, kernel_size, stride, grad_out=None):
     if grad_out is None:
         grad_out = torch.randn(out.shape).to(out)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
-    expected_out, expected_grads = reference_and_grads(
-        q, k, v, kernel_size, stride, grad_out)
+    expected_out, expected_grads = reference_and_grads(q, k, v, kernel_size,
+                                                       stride, grad_out)
     assert_close(out, expected_out, q.dtype, 'out')
     for name, grad, expected in zip('qkv', grads, expected_grads):
         assert_close(grad, expected, q.dtype, f'grad {name}')
@@ -137,8 +137,7 @@ def test_tiny_maps_count_repeated_reflections(height, width, kernel_size,
 def test_float16_matches_reference(shape):
     torch.manual_seed(3)
     batch, heads, head_dim, height, width, kernel_size, stride = shape
-    q, k, v = random_qkv(batch, heads, head_dim, height, width,
-                         torch.float16)
+    q, k, v = random_qkv(batch, heads, head_dim, height, width, torch.float16)
     check_against_reference(q, k, v, kernel_size, stride)
 
 
@@ -164,18 +163,17 @@ def test_large_maps_match_reference_on_cuda(shape, dtype):
 
 
 @cuda_only
-@pytest.mark.parametrize('config', triton_kernels.TUNING_CONFIGS,
-                         ids=str)
+@pytest.mark.parametrize('config', triton_kernels.TUNING_CONFIGS, ids=str)
 def test_every_tuning_config_matches_reference(config):
     """Each (num_warps, num_stages) the autotuner may pick, run explicitly
     (the other tests may pin one with ACMIX_TUNING_CONFIG)."""
-    if config not in triton_kernels.tuning_configs(
-            torch.device(DEVICE)):
+    if config not in triton_kernels.tuning_configs(torch.device(DEVICE)):
         pytest.skip(f'Triton {triton.__version__} cannot compile {config} '
                     'for this GPU')
     torch.manual_seed(13)
-    q, k, v = [t.detach() for t in random_qkv(2, 2, 32, 23, 29,
-                                               torch.bfloat16)]
+    q, k, v = [
+        t.detach() for t in random_qkv(2, 2, 32, 23, 29, torch.bfloat16)
+    ]
     out, lse = triton_kernels.local_attention_forward(
         q, k, v, 7, 1, SCALE, config=config)
     grad_out = torch.randn(out.shape).to(out)
@@ -183,8 +181,7 @@ def test_every_tuning_config_matches_reference(config):
         grad_out, q, k, v, out, lse, 7, 1, SCALE, config=config)
     assert set(triton_kernels.last_tuning_configs().values()) == \
         {config}
-    expected_out, expected_grads = reference_and_grads(q, k, v, 7, 1,
-                                                       grad_out)
+    expected_out, expected_grads = reference_and_grads(q, k, v, 7, 1, grad_out)
     assert_close(out, expected_out, torch.bfloat16, 'out')
     for name, grad, expected in zip('qkv', grads, expected_grads):
         assert_close(grad, expected, torch.bfloat16, f'grad {name}')
@@ -215,8 +212,9 @@ def test_channels_last_layout_and_strided_grad_out(kernel_size, stride):
     torch.manual_seed(7)
     batch, heads, head_dim, height, width = 2, 2, 8, 7, 10
     base = torch.randn(3, batch, height, width, heads, head_dim).to(DEVICE)
-    q, k, v = [t.requires_grad_() for t in
-               base.permute(0, 1, 4, 5, 2, 3).unbind(0)]
+    q, k, v = [
+        t.requires_grad_() for t in base.permute(0, 1, 4, 5, 2, 3).unbind(0)
+    ]
     assert q.stride(-1) == heads * head_dim
     out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
     grad_out = torch.randn(batch, heads, head_dim, out_w, out_h).to(DEVICE)
@@ -258,8 +256,9 @@ def test_new_map_sizes_reuse_compiled_kernels():
 
     def compiled_variants():
         """Kernels compiled so far, over all devices."""
-        return sum(len(cache[0]) for kernel in kernels
-                   for cache in kernel.device_caches.values())
+        return sum(
+            len(cache[0]) for kernel in kernels
+            for cache in kernel.device_caches.values())
 
     counts = []
     for height, width in [(33, 47), (35, 41), (64, 48), (17, 90)]:
@@ -293,8 +292,8 @@ def test_forward_without_grad():
     q, k, v = [t.detach() for t in random_qkv(2, 2, 16, 5, 5)]
     with torch.no_grad():
         out = local_attention(q, k, v, 5, 1, SCALE)
-    expected = local_attention_reference(q.double(), k.double(), v.double(),
-                                         5, 1, SCALE)
+    expected = local_attention_reference(q.double(), k.double(), v.double(), 5,
+                                         1, SCALE)
     assert not out.requires_grad
     assert_close(out, expected, torch.float32, 'out')
 
@@ -313,16 +312,16 @@ def _with(index, tensor):
 
 BAD_INPUTS = [
     ('ndim', lambda: (*_qkv((1, 8, 4, 4)), 3, 1), 'must be 5-D'),
-    ('shape', lambda: (*_with(1, torch.randn(1, 1, 8, 4, 5, device=DEVICE)),
-                       3, 1), 'same shape'),
-    ('dtype', lambda: (*_with(2, torch.randn(1, 1, 8, 4, 4, device=DEVICE,
-                                             dtype=torch.float16)), 3, 1),
-     'same dtype'),
-    ('device', lambda: (*_with(0, torch.randn(1, 1, 8, 4, 4,
-                                              device='meta')), 3, 1),
+    ('shape', lambda:
+     (*_with(1, torch.randn(1, 1, 8, 4, 5, device=DEVICE)), 3, 1),
+     'same shape'),
+    ('dtype', lambda:
+     (*_with(2, torch.randn(1, 1, 8, 4, 4, device=DEVICE, dtype=torch.float16)
+             ), 3, 1), 'same dtype'),
+    ('device', lambda:
+     (*_with(0, torch.randn(1, 1, 8, 4, 4, device='meta')), 3, 1),
      'same device'),
-    ('float64', lambda: (*_qkv(dtype=torch.float64), 3, 1),
-     'not supported'),
+    ('float64', lambda: (*_qkv(dtype=torch.float64), 3, 1), 'not supported'),
     ('head_dim', lambda: (*_qkv((1, 1, 12, 4, 4)), 3, 1), 'head_dim'),
     ('head_dim_large', lambda: (*_qkv((1, 1, 136, 4, 4)), 3, 1), 'head_dim'),
     ('even_kernel', lambda: (*_qkv(), 4, 1), 'odd'),
@@ -331,8 +330,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize('args,message', [case[1:] for case in BAD_INPUTS],
-                         ids=[case[0] for case in BAD_INPUTS])
+@pytest.mark.parametrize(
+    'args,message', [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS])
 def test_bad_inputs_raise(args, message):
     with pytest.raises(ValueError, match=message):
         local_attention(*args())
@@ -358,18 +358,20 @@ def test_cpu_tensors_rejected_without_interpreter():
     ((3, 1), (8, 0), {4, 8}),
     ((3, 2), (9, 0), {4, 8}),
 ])
-def test_tuning_configs_avoid_compiler_aborts(monkeypatch, version,
-                                              capability, expected_warps):
+def test_tuning_configs_avoid_compiler_aborts(monkeypatch, version, capability,
+                                              expected_warps):
     """Triton 2.2 to 3.1 abort on some 8-warp kernels for Hopper: neither
     the autotuner nor a pinned config may try them there."""
     monkeypatch.setattr(triton_kernels, '_TRITON_VERSION', version)
-    monkeypatch.setattr(torch.cuda, 'get_device_capability',
-                        lambda device=None: capability)
+    monkeypatch.setattr(
+        torch.cuda, 'get_device_capability', lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
     configs = triton_kernels.tuning_configs(torch.device('cuda', 0))
     assert {warps for warps, _ in configs} == expected_warps
-    candidates = [triton.Config({}, num_warps=w, num_stages=s)
-                  for w, s in triton_kernels.TUNING_CONFIGS]
+    candidates = [
+        triton.Config({}, num_warps=w, num_stages=s)
+        for w, s in triton_kernels.TUNING_CONFIGS
+    ]
     pruned = triton_kernels._compilable(candidates, {})
     assert [(c.num_warps, c.num_stages) for c in pruned] == list(configs)
     assert triton_kernels.tuning_configs(torch.device('cpu')) == \

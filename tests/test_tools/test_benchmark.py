@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / 'tools/analysis_tools/benchmark_acmix.py'
 # float32 on the CPU: the reference is the truth itself, the others differ
 # by summation order.
@@ -38,10 +38,15 @@ def run_benchmark(out_dir: Path, *args: str, cpu: bool = True) -> dict:
     if cpu:
         # One thread: the shapes are tiny and CI's few cores are shared.
         env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), '--quick', '--out-dir',
-         str(out_dir), *args], capture_output=True, text=True, env=env,
-        timeout=1800)
+    result = subprocess.run([
+        sys.executable,
+        str(SCRIPT), '--quick', '--out-dir',
+        str(out_dir), *args
+    ],
+                            capture_output=True,
+                            text=True,
+                            env=env,
+                            timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + \
         result.stderr[-3000:]
     return json.loads((out_dir / 'benchmark_acmix.json').read_text())
@@ -63,6 +68,7 @@ def assert_ran(row: dict, tolerance: float) -> None:
     assert row['max_grad_error'] < tolerance, row
 
 
+@pytest.mark.slow
 def test_quick_op_section_on_cpu(tmp_path):
     script = load_script()
     result = run_benchmark(tmp_path, '--sections', 'op')
@@ -106,11 +112,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_impls_and_shapes_filters(tmp_path, one_thread):
     load_script().main([
         '--quick', '--sections', 'op', '--impls', 'reference', 'unfold',
         '--shapes', 'quick/s2', '--repeats', '1', '--dtype', 'float32',
-        '--out-dir', str(tmp_path)
+        '--out-dir',
+        str(tmp_path)
     ])
     result = json.loads((tmp_path / 'benchmark_acmix.json').read_text())
     rows = rows_by_key(result['op'])
@@ -119,16 +127,23 @@ def test_impls_and_shapes_filters(tmp_path, one_thread):
         assert_ran(row, TOLERANCE)
 
 
+@pytest.mark.slow
 def test_merge_keeps_the_sections_not_run(tmp_path, one_thread):
     script = load_script()
-    args = ['--quick', '--sections', 'op', '--impls', 'reference',
-            '--shapes', 'quick/s1', '--repeats', '1', '--dtype', 'float32',
-            '--out-dir', str(tmp_path)]
+    args = [
+        '--quick', '--sections', 'op', '--impls', 'reference', '--shapes',
+        'quick/s1', '--repeats', '1', '--dtype', 'float32', '--out-dir',
+        str(tmp_path)
+    ]
     script.main(args)
     path = tmp_path / 'benchmark_acmix.json'
     earlier = json.loads(path.read_text())
-    backbone_row = dict(model='ResNet-50 (mmdet)', input='2x3x64x96',
-                        images_per_s=1.0, step_ms=2000.0, peak_mib=None)
+    backbone_row = dict(
+        model='ResNet-50 (mmdet)',
+        input='2x3x64x96',
+        images_per_s=1.0,
+        step_ms=2000.0,
+        peak_mib=None)
     earlier['backbone'] = [backbone_row]
     path.write_text(json.dumps(earlier))
 
@@ -153,10 +168,10 @@ def test_shape_names_and_prefixes():
     shapes = script.IMAGENET_SHAPES + script.COCO_SHAPES
     assert script.select_shapes(shapes, None) == shapes
     assert script.select_shapes(shapes, ['coco']) == script.COCO_SHAPES
-    assert [s.name for s in script.select_shapes(
-        shapes, ['in224/stage4', 'coco/stage2.0'])] == [
-            'in224/stage4', 'coco/stage2.0'
-        ]
+    assert [
+        s.name for s in script.select_shapes(shapes,
+                                             ['in224/stage4', 'coco/stage2.0'])
+    ] == ['in224/stage4', 'coco/stage2.0']
     for unknown in ('coc', 'coco/stage', 'quick'):
         with pytest.raises(SystemExit, match=unknown):
             script.select_shapes(shapes, [unknown])
@@ -167,8 +182,8 @@ def test_quick_op_section_on_gpu(tmp_path):
     """Every implementation runs (compiled FlexAttention included) and
     agrees with the reference; triton rows report per-kernel times and the
     tuning configs."""
-    result = run_benchmark(tmp_path, '--sections', 'op', '--dtype',
-                           'float32', cpu=False)
+    result = run_benchmark(
+        tmp_path, '--sections', 'op', '--dtype', 'float32', cpu=False)
     rows = rows_by_key(result['op'])
     for (impl, shape), row in rows.items():
         if (impl, shape) == ('unfold', 'quick/tiny'):
@@ -179,6 +194,6 @@ def test_quick_op_section_on_gpu(tmp_path):
     for shape in ('quick/s1', 'quick/s2', 'quick/tiny'):
         assert rows['flex', shape]['compiled'] is True
         fused = rows['triton', shape]
-        assert all(fused['kernel_ms'][k] > 0 for k in
-                   ('forward', 'grad_query', 'grad_key_value')), fused
+        assert all(fused['kernel_ms'][k] > 0
+                   for k in ('forward', 'grad_query', 'grad_key_value')), fused
         assert all(fused['tuning_configs'].values()), fused

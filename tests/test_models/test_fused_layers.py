@@ -10,18 +10,18 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from acmix_reference import randomize_
+from ddp_gradients import ddp_gradients_worker
 
 from acmix_mm.models import ACmixResNet, ACmixSwinTransformer
 from acmix_mm.models.layers import ACmix, ShiftWindowACmix
 from acmix_mm.ops import LOCAL_ATTENTION, choose_backend, local_attention
-from acmix_reference import randomize_
-from ddp_gradients import ddp_gradients_worker
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = 'cuda' if ON_CUDA else 'cpu'
 cuda_only = pytest.mark.skipif(not ON_CUDA, reason='needs a CUDA GPU')
-needs_triton = pytest.mark.skipif(importlib.util.find_spec('triton') is None,
-                                  reason='needs Triton')
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec('triton') is None, reason='needs Triton')
 
 
 @pytest.fixture(autouse=True)
@@ -36,15 +36,23 @@ def float32_without_tf32():
         = flags
 
 
-FAST_BACKEND = {ACmix: 'triton', ACmixResNet: 'triton',
-                ShiftWindowACmix: 'sdpa', ACmixSwinTransformer: 'sdpa'}
+FAST_BACKEND = {
+    ACmix: 'triton',
+    ACmixResNet: 'triton',
+    ShiftWindowACmix: 'sdpa',
+    ACmixSwinTransformer: 'sdpa'
+}
 
 
 def fused_and_reference(module_cls, *args, **kwargs):
-    reference = randomize_(module_cls(*args, attn_impl='reference',
-                                      conv_path='as_written', **kwargs))
-    fused = module_cls(*args, attn_impl=FAST_BACKEND[module_cls],
-                       conv_path='folded', **kwargs)
+    reference = randomize_(
+        module_cls(
+            *args, attn_impl='reference', conv_path='as_written', **kwargs))
+    fused = module_cls(
+        *args,
+        attn_impl=FAST_BACKEND[module_cls],
+        conv_path='folded',
+        **kwargs)
     fused.load_state_dict(reference.state_dict())
     return fused.to(DEVICE), reference.to(DEVICE)
 
@@ -53,8 +61,10 @@ def outputs_and_grads(module, inputs, *args):
     inputs = inputs.clone().requires_grad_()
     out = module(inputs, *args)
     outs = out if isinstance(out, (list, tuple)) else [out]
-    loss = sum((o.float() * torch.linspace(-1, 1, o.numel(), device=o.device)
-                .view_as(o)).sum() for o in outs)
+    loss = sum(
+        (o.float() *
+         torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o)).sum()
+        for o in outs)
     grads = torch.autograd.grad(loss, [inputs] + list(module.parameters()))
     return outs, grads
 
@@ -73,34 +83,43 @@ def assert_same(fused, reference, inputs, *args, atol=1e-5, rtol=1e-4):
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('size', [(3, 3), (7, 5)])
 def test_acmix_fused_matches_reference(stride, size):
-    fused, reference = fused_and_reference(ACmix, 8, 16, kernel_att=5,
-                                           head=2, stride=stride)
+    fused, reference = fused_and_reference(
+        ACmix, 8, 16, kernel_att=5, head=2, stride=stride)
     assert_same(fused, reference, torch.randn(2, 8, *size, device=DEVICE))
 
 
 @pytest.mark.parametrize('shift', [0, 2])
 @pytest.mark.parametrize('size', [(8, 12), (9, 10), (3, 3)])
 def test_window_acmix_fused_matches_reference(shift, size):
-    fused, reference = fused_and_reference(ShiftWindowACmix, 12, 3, 4,
-                                           shift_size=shift)
+    fused, reference = fused_and_reference(
+        ShiftWindowACmix, 12, 3, 4, shift_size=shift)
     tokens = torch.randn(2, size[0] * size[1], 12, device=DEVICE)
     assert_same(fused, reference, tokens, size)
 
 
 def test_swin_backbone_fused_matches_reference():
-    kwargs = dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
-                  window_size=4, drop_path_rate=0.)
+    kwargs = dict(
+        embed_dims=32,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 4, 8),
+        window_size=4,
+        drop_path_rate=0.)
     fused, reference = fused_and_reference(ACmixSwinTransformer, **kwargs)
-    assert_same(fused, reference, torch.randn(1, 3, 45, 38, device=DEVICE),
-                atol=1e-4, rtol=1e-3)
+    assert_same(
+        fused,
+        reference,
+        torch.randn(1, 3, 45, 38, device=DEVICE),
+        atol=1e-4,
+        rtol=1e-3)
 
 
 def test_auto_is_reference_on_cpu_and_triton_needs_supported_inputs():
-    assert choose_backend(LOCAL_ATTENTION, 'auto', 'cpu', torch.float32, 8,
-                          7, 1).backend == 'reference'
+    assert choose_backend(LOCAL_ATTENTION, 'auto', 'cpu', torch.float32, 8, 7,
+                          1).backend == 'reference'
     odd = torch.randn(1, 2, 4, 5, 5)  # head_dim 4: below the kernels' 8
-    with pytest.raises(RuntimeError, match="attn_impl='triton' cannot run.*"
-                       'head_dim'):
+    with pytest.raises(
+            RuntimeError, match="attn_impl='triton' cannot run.*"
+            'head_dim'):
         local_attention(odd, odd, odd, 7, 1, attn_impl='triton')
     layer = ACmix(8, 8, head=2, attn_impl='triton')  # head_dim 4
     with pytest.raises(RuntimeError, match='head_dim'):
@@ -109,9 +128,9 @@ def test_auto_is_reference_on_cpu_and_triton_needs_supported_inputs():
 
 def max_errors(outs, grads, true_outs, true_grads):
     """Largest absolute error of each output and gradient."""
-    return [(a.float() - b.float()).abs().max().item()
-            for a, b in zip(list(outs) + list(grads),
-                            list(true_outs) + list(true_grads))]
+    return [(a.float() - b.float()).abs().max().item() for a, b in zip(
+        list(outs) + list(grads),
+        list(true_outs) + list(true_grads))]
 
 
 @cuda_only
@@ -159,8 +178,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize('device', [
-    'cpu', pytest.param('cuda', marks=cuda_only)])
+@pytest.mark.parametrize('device',
+                         ['cpu', pytest.param('cuda', marks=cuda_only)])
+@pytest.mark.slow
 def test_two_process_ddp_matches_single_process(device):
     """attn_impl='auto' (fused on CUDA, reference on the CPU) under DDP with
     2 spawned processes gives the gradients of one process."""
@@ -168,16 +188,24 @@ def test_two_process_ddp_matches_single_process(device):
     images = torch.randn(4, 3, 64, 80)
     state = model.state_dict()
     results = mp.Manager().dict()
-    mp.spawn(ddp_gradients_worker,
-             args=(_free_port(), device, state, images, results), nprocs=2,
-             join=True)
+    mp.spawn(
+        ddp_gradients_worker,
+        args=(_free_port(), device, state, images, results),
+        nprocs=2,
+        join=True)
 
     single = model.to(device)
     # Each rank averages over its half: the DDP gradient is the mean of the
     # two half-batch gradients.
-    losses = [sum(o.float().mean() for o in single(images[r::2].to(device)))
-              for r in range(2)]
+    losses = [
+        sum(o.float().mean() for o in single(images[r::2].to(device)))
+        for r in range(2)
+    ]
     (sum(losses) / 2).backward()
     for name, param in single.named_parameters():
-        torch.testing.assert_close(results['grads'][name], param.grad.cpu(),
-                                   atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(
+            results['grads'][name],
+            param.grad.cpu(),
+            atol=1e-5,
+            rtol=1e-4,
+            msg=name)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / 'tools' / 'gpu_check'
 DOWNLOAD = TOOLS / 'download_wheels.sh'
 RUN = TOOLS / 'run_gpu_check.sh'
@@ -20,30 +20,40 @@ WHEELSET = TOOLS / 'wheelset.py'
 # The projects the roots of download_wheels.sh name, as fake wheels:
 # (name, version, Requires-Dist lines).
 COMPLETE_SET = [
-    ('mmengine', '0.10.7', ['addict', 'numpy', 'opencv-python>=3',
-                            'regex; sys_platform == "win32"',
-                            'pytest; extra == "tests"']),
-    ('mmdet', '3.3.0', ['numpy', 'pycocotools',
-                        'mmcv<2.2.0,>=2.0.0rc4; extra == "mim"']),
+    ('mmengine', '0.10.7', [
+        'addict', 'numpy', 'opencv-python>=3',
+        'regex; sys_platform == "win32"', 'pytest; extra == "tests"'
+    ]),
+    ('mmdet', '3.3.0',
+     ['numpy', 'pycocotools', 'mmcv<2.2.0,>=2.0.0rc4; extra == "mim"']),
     ('mmsegmentation', '1.2.2', ['numpy', 'packaging']),
     ('pycocotools', '2.0.11', ['numpy']),
-    ('addict', '2.4.0', []), ('numpy', '2.5.5', []),
+    ('addict', '2.4.0', []),
+    ('numpy', '2.5.5', []),
     ('opencv_python_headless', '5.0.0', ['numpy>=2']),
-    ('packaging', '26.3', []), ('pillow', '13.0.0', []),
-    ('pyyaml', '6.0.3', []), ('yapf', '0.43.0',
-                              ['tomli>=2.0.1; python_version < "3.11"']),
-    ('ftfy', '6.3.1', []), ('regex', '2026.1.1', []),
-    ('pytest', '9.2.0', ['packaging']), ('setuptools', '81.0.0', []),
-    ('ninja', '1.13.2', []), ('wheel', '0.48.0', ['torch; extra == "x"']),
+    ('packaging', '26.3', []),
+    ('pillow', '13.0.0', []),
+    ('pyyaml', '6.0.3', []),
+    ('yapf', '0.43.0', ['tomli>=2.0.1; python_version < "3.11"']),
+    ('ftfy', '6.3.1', []),
+    ('regex', '2026.1.1', []),
+    ('pytest', '9.2.0', ['packaging']),
+    ('setuptools', '81.0.0', []),
+    ('ninja', '1.13.2', []),
+    ('wheel', '0.48.0', ['torch; extra == "x"']),
 ]
 
 
-def make_wheel(folder: Path, name: str, version: str, requires=(),
+def make_wheel(folder: Path,
+               name: str,
+               version: str,
+               requires=(),
                tag: str = 'py3-none-any') -> Path:
     """A wheel holding only its METADATA."""
     path = folder / f'{name}-{version}-{tag}.whl'
-    metadata = ['Metadata-Version: 2.1', f'Name: {name}',
-                f'Version: {version}']
+    metadata = [
+        'Metadata-Version: 2.1', f'Name: {name}', f'Version: {version}'
+    ]
     metadata += [f'Requires-Dist: {line}' for line in requires]
     with zipfile.ZipFile(path, 'w') as archive:
         archive.writestr(f'{name}-{version}.dist-info/METADATA',
@@ -62,8 +72,12 @@ def complete_folder(folder: Path) -> Path:
 def run(*args, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable, PIP_NO_INDEX='1')
     env.update(kwargs.pop('env', {}))
-    return subprocess.run([str(a) for a in args], capture_output=True,
-                          text=True, timeout=120, env=env, **kwargs)
+    return subprocess.run([str(a) for a in args],
+                          capture_output=True,
+                          text=True,
+                          timeout=120,
+                          env=env,
+                          **kwargs)
 
 
 def check(folder: Path, *options) -> subprocess.CompletedProcess:
@@ -111,9 +125,10 @@ def test_have_list_meets_requirements_and_conflicts_fail(tmp_path):
     have.write_text('numpy==1.26.4\n')  # opencv needs numpy>=2
     result = check(folder, '--have', have)
     assert result.returncode == 1
-    assert re.search(r'conflict: numpy: the target has numpy 1\.26\.4, but '
-                     r'.*opencv-python-headless 5\.0\.0.* needs numpy>=2',
-                     result.stdout), result.stdout
+    assert re.search(
+        r'conflict: numpy: the target has numpy 1\.26\.4, but '
+        r'.*opencv-python-headless 5\.0\.0.* needs numpy>=2',
+        result.stdout), result.stdout
 
 
 def test_old_or_new_setuptools_on_the_target_is_replaced(tmp_path):
@@ -159,8 +174,8 @@ def test_torch_is_assumed_and_never_kept(tmp_path):
 
 def test_wrong_python_duplicates_and_wrong_versions_fail(tmp_path):
     folder = complete_folder(tmp_path / 'w')
-    make_wheel(folder, 'pillow', '12.0.0',
-               tag='cp311-cp311-manylinux_2_28_x86_64')
+    make_wheel(
+        folder, 'pillow', '12.0.0', tag='cp311-cp311-manylinux_2_28_x86_64')
     make_wheel(folder, 'addict', '2.3.0')
     (folder / 'mmdet-3.3.0-py3-none-any.whl').unlink()
     make_wheel(folder, 'mmdet', '3.2.0', ['numpy', 'pycocotools'])
@@ -178,7 +193,7 @@ def test_wrong_python_duplicates_and_wrong_versions_fail(tmp_path):
 def test_resolve_plans_downloads_and_deletions(tmp_path):
     folder = complete_folder(tmp_path / 'w')
     (folder / 'pycocotools-2.0.11-py3-none-any.whl').unlink()
-    make_wheel(folder, 'tzdata', '2026.6')          # needed by nothing
+    make_wheel(folder, 'tzdata', '2026.6')  # needed by nothing
     have = tmp_path / 'have.txt'
     have.write_text('numpy\npytest==8.0.0\n')
     result = run(sys.executable, WHEELSET, 'resolve', '--dir', folder,
@@ -187,8 +202,10 @@ def test_resolve_plans_downloads_and_deletions(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert 'DOWNLOAD pycocotools\tfor mmdet 3.3.0' in lines
-    deleted = {line.split('\t')[0].rsplit('/', 1)[-1]: line.split('\t')[1]
-               for line in lines if line.startswith('DELETE ')}
+    deleted = {
+        line.split('\t')[0].rsplit('/', 1)[-1]: line.split('\t')[1]
+        for line in lines if line.startswith('DELETE ')
+    }
     assert deleted['numpy-2.5.5-py3-none-any.whl'] == 'already on the target'
     assert deleted['pytest-9.2.0-py3-none-any.whl'] == 'already on the target'
     assert deleted['tzdata-2026.6-py3-none-any.whl'] == 'no longer needed'
@@ -199,11 +216,14 @@ def test_install_lists_only_missing_projects_for_this_python(tmp_path):
     folder = tmp_path / 'w'
     folder.mkdir()
     missing = make_wheel(folder, 'acmix_fake_missing_project', '1.0')
-    make_wheel(folder, 'pytest', '0.0.1')            # installed here
-    make_wheel(folder, 'torch', '0.0.1')             # never replaced
-    make_wheel(folder, 'acmix_fake_other_python', '1.0',
-               tag='cp27-cp27mu-manylinux1_x86_64')
-    mmcv = make_wheel(folder, 'mmcv', '2.1.0')        # installed separately
+    make_wheel(folder, 'pytest', '0.0.1')  # installed here
+    make_wheel(folder, 'torch', '0.0.1')  # never replaced
+    make_wheel(
+        folder,
+        'acmix_fake_other_python',
+        '1.0',
+        tag='cp27-cp27mu-manylinux1_x86_64')
+    mmcv = make_wheel(folder, 'mmcv', '2.1.0')  # installed separately
     result = run(sys.executable, WHEELSET, 'install', '--dir', folder)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(missing)]
@@ -213,8 +233,8 @@ def test_install_lists_only_missing_projects_for_this_python(tmp_path):
     result = run(sys.executable, WHEELSET, 'mmcv', '--dir', folder)
     assert result.returncode == 0 and result.stdout.strip() == str(mmcv)
     mmcv.unlink()
-    assert run(sys.executable, WHEELSET, 'mmcv',
-               '--dir', folder).returncode == 1
+    assert run(sys.executable, WHEELSET, 'mmcv', '--dir',
+               folder).returncode == 1
 
 
 @pytest.mark.parametrize('args,message', [
@@ -242,10 +262,10 @@ def test_download_help_describes_the_options():
 @pytest.mark.parametrize('args,message', [
     ([], 'usage: run_gpu_check.sh WHEEL_DIR OUT_DIR'),
     (['only-one'], 'usage: run_gpu_check.sh WHEEL_DIR OUT_DIR'),
-    (['{tmp}/no-such-folder', '{tmp}/out'],
-     "WHEEL_DIR '{tmp}/no-such-folder' is not a folder"),
-    (['{tmp}', '{tmp}/out', '--budget', '5'],
-     "--budget wants whole seconds, at least 60, got '5'"),
+    (['{tmp}/no-such-folder', '{tmp}/out'
+      ], "WHEEL_DIR '{tmp}/no-such-folder' is not a folder"),
+    (['{tmp}', '{tmp}/out', '--budget', '5'
+      ], "--budget wants whole seconds, at least 60, got '5'"),
     (['{tmp}', '{tmp}/out', '--frobnicate'], "unknown option '--frobnicate'"),
 ])
 def test_run_script_refuses_bad_arguments(tmp_path, args, message):
@@ -257,8 +277,12 @@ def test_run_script_refuses_bad_arguments(tmp_path, args, message):
 
 
 def test_run_script_needs_a_python_with_torch(tmp_path):
-    result = run('bash', RUN, tmp_path, tmp_path / 'out',
-                 env=dict(PYTHON='python-that-does-not-exist'))
+    result = run(
+        'bash',
+        RUN,
+        tmp_path,
+        tmp_path / 'out',
+        env=dict(PYTHON='python-that-does-not-exist'))
     assert result.returncode == 2
     assert "no Python 'python-that-does-not-exist'" in result.stderr
 
@@ -267,8 +291,8 @@ def test_run_script_refuses_a_python_without_torch(tmp_path):
     fake = tmp_path / 'python'
     fake.write_text('#!/bin/sh\nexit 1\n')  # every import fails
     fake.chmod(0o755)
-    result = run('bash', RUN, tmp_path, tmp_path / 'out',
-                 env=dict(PYTHON=str(fake)))
+    result = run(
+        'bash', RUN, tmp_path, tmp_path / 'out', env=dict(PYTHON=str(fake)))
     assert result.returncode == 2
     assert f'{fake} cannot import torch' in result.stderr
     assert not (tmp_path / 'out').exists()
@@ -284,8 +308,10 @@ def test_roots_cover_the_project_dependencies():
     text = DOWNLOAD.read_text()
     block = text[text.index('roots=('):]
     block = block[:block.index('\n)\n')]
-    roots = {re.split(r'[<>=!~ ;\[]', r, 1)[0].lower().replace('_', '-')
-             for r in re.findall(r'"([^"]+)"', block)}
+    roots = {
+        re.split(r'[<>=!~ ;\[]', r, 1)[0].lower().replace('_', '-')
+        for r in re.findall(r'"([^"]+)"', block)
+    }
     for requirement in wanted:
         name = re.split(r'[<>=!~ ;\[]', requirement, 1)[0].lower()
         if name not in ('torch', 'triton'):

@@ -16,7 +16,7 @@ pytestmark = [
     pytest.mark.filterwarnings('ignore:`reduce_zero_label` will be'),
 ]
 
-TOOL = Path(__file__).resolve().parents[1] / 'tools/make_toy_data.py'
+TOOL = Path(__file__).resolve().parents[2] / 'tools/make_toy_data.py'
 CLASSES = ('circle', 'square', 'triangle')
 SMALL = dict(seed=0, num_train=4, num_val=2, image_size=64)
 
@@ -48,6 +48,7 @@ def toy_dir(tmp_path_factory) -> Path:
 def ring(mask: np.ndarray, inner: int, outer: int) -> np.ndarray:
     """Pixels between ``inner`` and ``outer`` pixels (chessboard distance)
     away from ``mask``."""
+
     def grow(width):
         kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
         return cv2.dilate(mask.astype(np.uint8), kernel) > 0
@@ -134,8 +135,7 @@ def test_coco_dataset_loads_with_matching_masks(toy_dir):
         boxes = result['gt_bboxes'].numpy()
         labels = result['gt_bboxes_labels']
         assert image.shape == (64, 64, 3)
-        assert 1 <= len(masks) <= 4 and len(boxes) == len(labels) == len(
-            masks)
+        assert 1 <= len(masks) <= 4 and len(boxes) == len(labels) == len(masks)
         assert set(labels.tolist()) <= {0, 1, 2}
         assert not result['gt_ignore_flags'].any()
         assert masks.sum(axis=0).max() == 1  # no overlaps
@@ -150,9 +150,9 @@ def test_coco_dataset_loads_with_matching_masks(toy_dir):
 
 
 # The four ADE20K classes the labels reduce to map onto themselves.
-@pytest.mark.parametrize('metainfo',
-                         [None, dict(classes=('wall', 'building', 'sky',
-                                              'floor'))])
+@pytest.mark.parametrize(
+    'metainfo',
+    [None, dict(classes=('wall', 'building', 'sky', 'floor'))])
 def test_ade20k_dataset_loads(toy_dir, metainfo):
     from mmseg.datasets import ADE20KDataset
     from mmseg.utils import register_all_modules
@@ -162,8 +162,9 @@ def test_ade20k_dataset_loads(toy_dir, metainfo):
         dataset = ADE20KDataset(
             data_root=str(root),
             metainfo=metainfo,
-            data_prefix=dict(img_path=f'images/{split}',
-                             seg_map_path=f'annotations/{split}'),
+            data_prefix=dict(
+                img_path=f'images/{split}',
+                seg_map_path=f'annotations/{split}'),
             pipeline=[
                 dict(type='LoadImageFromFile'),
                 dict(type='LoadAnnotations', reduce_zero_label=True)
@@ -192,16 +193,19 @@ def test_ade20k_label_files(toy_dir):
     labels = sorted(p.stem for p in (root / 'annotations/training').iterdir())
     assert images == labels == [f'{i:06d}' for i in range(4)]
     for stem in labels:
-        label = cv2.imread(str(root / f'annotations/training/{stem}.png'),
-                           cv2.IMREAD_UNCHANGED)
+        label = cv2.imread(
+            str(root / f'annotations/training/{stem}.png'),
+            cv2.IMREAD_UNCHANGED)
         assert label.dtype == np.uint8 and label.shape == (64, 64)
         assert 1 in label and set(np.unique(label).tolist()) <= {1, 2, 3, 4}
 
 
 def test_same_arguments_give_identical_files(toy_dir, tmp_path):
-    assert tool.main(['--out-dir', str(tmp_path), '--seed', '0',
-                      '--num-train', '4', '--num-val', '2',
-                      '--image-size', '64']) == 0
+    assert tool.main([
+        '--out-dir',
+        str(tmp_path), '--seed', '0', '--num-train', '4', '--num-val', '2',
+        '--image-size', '64'
+    ]) == 0
     for name in ('toy_coco', 'toy_ade20k'):
         assert files_of(tmp_path / name) == files_of(toy_dir / name)
 
@@ -230,8 +234,11 @@ def test_other_parameters_need_force(tmp_path, capsys):
     other = dict(SMALL, seed=1, num_train=3)
     with pytest.raises(tool.ToyDataError, match='--force'):
         tool.make_toy_data(tmp_path, **other)
-    argv = ['--out-dir', str(tmp_path), '--seed', '1', '--num-train', '3',
-            '--num-val', '2', '--image-size', '64']
+    argv = [
+        '--out-dir',
+        str(tmp_path), '--seed', '1', '--num-train', '3', '--num-val', '2',
+        '--image-size', '64'
+    ]
     assert tool.main(argv) == 1
     assert '--force' in capsys.readouterr().err
     assert files_of(tmp_path) == before
@@ -249,8 +256,13 @@ def test_other_parameters_need_force(tmp_path, capsys):
         'toy_coco/val2017/000000.jpg']
     marker = json.loads(after['toy_ade20k/toy_data.json'])
     assert marker == dict(
-        params=dict(format_version=tool.FORMAT_VERSION, dataset='ade20k',
-                    seed=1, num_train=3, num_val=2, image_size=64),
+        params=dict(
+            format_version=tool.FORMAT_VERSION,
+            dataset='ade20k',
+            seed=1,
+            num_train=3,
+            num_val=2,
+            image_size=64),
         complete=True)
 
 
@@ -259,8 +271,8 @@ def test_folder_without_marker_is_refused_and_untouched(tmp_path):
     user_file.parent.mkdir(parents=True)
     user_file.write_bytes(b'user data')
     for force in (False, True):
-        with pytest.raises(tool.ToyDataError,
-                           match=str(tmp_path / 'toy_ade20k')):
+        with pytest.raises(
+                tool.ToyDataError, match=str(tmp_path / 'toy_ade20k')):
             tool.make_toy_data(tmp_path, **SMALL, force=force)
     assert user_file.read_bytes() == b'user data'
     assert [p.name for p in tmp_path.iterdir()] == ['toy_ade20k']
@@ -278,8 +290,10 @@ def test_interrupted_run_is_redone(tmp_path):
     assert files_of(tmp_path) == complete
 
 
-@pytest.mark.parametrize('bad', [dict(num_val=0), dict(image_size=32),
-                                 dict(seed=-1)])
+@pytest.mark.parametrize(
+    'bad',
+    [dict(num_val=0), dict(image_size=32),
+     dict(seed=-1)])
 def test_bad_parameters(tmp_path, bad):
     with pytest.raises(tool.ToyDataError):
         tool.make_toy_data(tmp_path, **dict(SMALL, **bad))

@@ -3,20 +3,31 @@ results, forward and backward: the backend decision is a constant to the
 compiler, so the graph holds only the chosen backend."""
 import pytest
 import torch
+from acmix_reference import randomize_
 
 from acmix_mm.models import ACmixResNet, ACmixSwinTransformer
-from acmix_reference import randomize_
 
 # Small backbones like the toy configs' (configs/toy/); two ResNet stages
 # (strided ACmix included) keep Inductor's compile time on the CPU short.
 BACKBONES = {
-    'resnet': lambda conv_path: ACmixResNet(
-        26, base_channels=16, head=2, num_stages=2, strides=(1, 2),
-        dilations=(1, 1), out_indices=(0, 1), conv_path=conv_path,
+    'resnet':
+    lambda conv_path: ACmixResNet(
+        26,
+        base_channels=16,
+        head=2,
+        num_stages=2,
+        strides=(1, 2),
+        dilations=(1, 1),
+        out_indices=(0, 1),
+        conv_path=conv_path,
         init_cfg=None),
-    'swin': lambda conv_path: ACmixSwinTransformer(
-        embed_dims=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
-        window_size=4, conv_path=conv_path),
+    'swin':
+    lambda conv_path: ACmixSwinTransformer(
+        embed_dims=24,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 2, 4),
+        window_size=4,
+        conv_path=conv_path),
 }
 
 
@@ -32,8 +43,10 @@ def outputs_and_grads(model, images):
 COMPILERS = [
     pytest.param('aot_eager', conv_path, id=f'aot_eager-{conv_path}')
     for conv_path in ('folded', 'as_written')
-] + [pytest.param('inductor', 'folded', id='inductor-folded',
-                  marks=pytest.mark.slow)]
+] + [
+    pytest.param(
+        'inductor', 'folded', id='inductor-folded', marks=pytest.mark.slow)
+]
 
 
 @pytest.mark.parametrize('backend,conv_path', COMPILERS)

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from acmix_reference import mirror
 
 from acmix_mm.ops import local_attention_reference, reflect_index
-from acmix_reference import mirror
 
 
 @pytest.mark.parametrize('size', [1, 2, 3, 4, 7, 10])
@@ -25,8 +25,8 @@ def test_reflect_index_matches_reflection_pad_where_defined(size, pad):
 def brute_force_attention(q, k, v, kernel, stride, scale):
     """One query at a time, straight from the definition."""
     b, n, d, h, w = q.shape
-    out = torch.zeros(b, n, d, math.ceil(h / stride), math.ceil(w / stride),
-                      dtype=q.dtype)
+    out = torch.zeros(
+        b, n, d, math.ceil(h / stride), math.ceil(w / stride), dtype=q.dtype)
     half = kernel // 2
     for i in range(out.shape[3]):
         for j in range(out.shape[4]):
@@ -54,8 +54,8 @@ def test_local_attention_matches_definition(h, w, stride, kernel):
 
 
 def test_local_attention_gradcheck():
-    q, k, v = torch.randn(3, 1, 2, 3, 3, 4, dtype=torch.float64,
-                          requires_grad=True)
+    q, k, v = torch.randn(
+        3, 1, 2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda q, k, v: local_attention_reference(q, k, v, 3, 2, 0.7),
         (q, k, v))
