@@ -7,12 +7,11 @@
 _base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'  # noqa
 
 # Released ImageNet-1k ACmix-Swin-T weights in the reference layout
-# (download link in README.md); convert_weights=True converts them on load.
+# (download link in README.md), converted on load (recognised by their keys).
 pretrained = 'checkpoints/acmix_swin_tiny_patch4_window7_224.pth'
 model = dict(
     backbone=dict(
         type='acmix_mm.ACmixSwinTransformer',
-        convert_weights=True,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
 
 # No weight decay on the ACmix path-mixing rates (norms and relative position

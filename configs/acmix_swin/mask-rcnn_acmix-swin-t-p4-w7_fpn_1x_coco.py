@@ -6,12 +6,11 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 
 # Released ImageNet-1k ACmix-Swin-T weights in the reference layout
-# (download link in README.md); convert_weights=True converts them on load.
+# (download link in README.md), converted on load (recognised by their keys).
 pretrained = 'checkpoints/acmix_swin_tiny_patch4_window7_224.pth'
 model = dict(
     backbone=dict(
         type='acmix_mm.ACmixSwinTransformer',
-        convert_weights=True,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
 
 # No weight decay on the ACmix path-mixing rates (norms and relative position

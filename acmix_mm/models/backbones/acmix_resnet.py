@@ -1,12 +1,11 @@
 """ResNet with ACmix in place of every bottleneck's 3x3 convolution."""
 from typing import Sequence
 
-from mmengine.model.weight_init import constant_init
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.models.layers import ResLayer
+from mmengine.model.weight_init import constant_init
 from torch import Tensor
 
-from acmix_mm.ops.dispatch import check_attn_impl
 from acmix_mm.registry import MODELS
 from acmix_mm.utils.checkpoint import (check_weights, load_pretrained,
                                        pop_module_weights,
@@ -29,17 +28,28 @@ class ACmixBottleneck(Bottleneck):
         **kwargs: the other arguments of mmdet's ``Bottleneck``.
     """
 
-    def __init__(self, inplanes: int, planes: int, kernel_att: int = 7,
-                 head: int = 4, kernel_conv: int = 3,
-                 attn_impl: str = 'auto', conv_path: str = 'folded',
+    def __init__(self,
+                 inplanes: int,
+                 planes: int,
+                 kernel_att: int = 7,
+                 head: int = 4,
+                 kernel_conv: int = 3,
+                 attn_impl: str = 'auto',
+                 conv_path: str = 'folded',
                  **kwargs) -> None:
         super().__init__(inplanes, planes, **kwargs)
         if self.with_dcn:
             raise ValueError('ACmixResNet does not support dcn: ACmix '
                              'replaces the 3x3 convolution')
-        self.conv2 = ACmix(planes, planes, kernel_att, head, kernel_conv,
-                           stride=self.conv2_stride, attn_impl=attn_impl,
-                           conv_path=conv_path)
+        self.conv2 = ACmix(
+            planes,
+            planes,
+            kernel_att,
+            head,
+            kernel_conv,
+            stride=self.conv2_stride,
+            attn_impl=attn_impl,
+            conv_path=conv_path)
 
 
 @MODELS.register_module()
@@ -83,26 +93,33 @@ class ACmixResNet(ResNet):
         50: (ACmixBottleneck, (3, 4, 6, 3)),
     }
 
-    def __init__(self, depth: int, kernel_att: int = 7, head: int = 4,
-                 kernel_conv: int = 3, attn_impl: str = 'auto',
+    def __init__(self,
+                 depth: int,
+                 kernel_att: int = 7,
+                 head: int = 4,
+                 kernel_conv: int = 3,
+                 attn_impl: str = 'auto',
                  conv_path: str = 'folded',
                  in_channels: int = 3,
                  dilations: Sequence[int] = (1, 1, 1, 1),
-                 allow_partial_checkpoint: bool = False, **kwargs) -> None:
+                 allow_partial_checkpoint: bool = False,
+                 **kwargs) -> None:
         if depth not in self.arch_settings:
             raise ValueError(f'unknown depth {depth!r} for ACmixResNet; '
                              f'choose one of {sorted(self.arch_settings)}')
         if any(d != 1 for d in dilations):
             raise ValueError(f'ACmix layers do not support dilation, got '
                              f'dilations={tuple(dilations)}')
-        self.acmix_cfg = dict(kernel_att=kernel_att, head=head,
-                              kernel_conv=kernel_conv,
-                              attn_impl=check_attn_impl(attn_impl),
-                              conv_path=conv_path)
+        self.acmix_cfg = dict(
+            kernel_att=kernel_att,
+            head=head,
+            kernel_conv=kernel_conv,
+            attn_impl=attn_impl,
+            conv_path=conv_path)
         self.in_channels = in_channels
         self.allow_partial_checkpoint = allow_partial_checkpoint
-        super().__init__(depth, in_channels=in_channels, dilations=dilations,
-                         **kwargs)
+        super().__init__(
+            depth, in_channels=in_channels, dilations=dilations, **kwargs)
         self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
 
     def make_res_layer(self, **kwargs) -> ResLayer:
@@ -112,10 +129,10 @@ class ACmixResNet(ResNet):
                             **kwargs) -> None:
         """Load hook: strip wrapper prefixes and check the weights fit."""
         weights = pop_module_weights(state_dict, prefix)
-        check_weights(self, weights,
-                      allow_partial=self.allow_partial_checkpoint)
-        state_dict.update((prefix + key, value)
-                          for key, value in weights.items())
+        check_weights(
+            self, weights, allow_partial=self.allow_partial_checkpoint)
+        state_dict.update(
+            (prefix + key, value) for key, value in weights.items())
 
     def init_weights(self) -> None:
         """Load a ``Pretrained`` checkpoint, or initialise like mmdet's ResNet

@@ -14,7 +14,6 @@ from mmengine.utils import to_2tuple
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from acmix_mm.ops.dispatch import check_attn_impl
 from acmix_mm.registry import MODELS
 from acmix_mm.utils.checkpoint import (check_weights, load_pretrained,
                                        pop_module_weights,
@@ -201,12 +200,12 @@ class ACmixSwinTransformer(BaseModule):
     """
 
     arch_zoo: Dict[str, dict] = {
-        'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2),
-                     num_heads=(3, 6, 12, 24)),
-        'small': dict(embed_dims=96, depths=(2, 2, 18, 2),
-                      num_heads=(3, 6, 12, 24)),
-        'base': dict(embed_dims=128, depths=(2, 2, 18, 2),
-                     num_heads=(4, 8, 16, 32)),
+        'tiny':
+        dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+        'small':
+        dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+        'base':
+        dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
     }
 
     def __init__(self,
@@ -285,8 +284,8 @@ class ACmixSwinTransformer(BaseModule):
             stride=strides[0],
             norm_cfg=norm_cfg if patch_norm else None)
         if use_abs_pos_embed:
-            patch_h, patch_w = (s // patch_size
-                                for s in to_2tuple(pretrain_img_size))
+            patch_h, patch_w = (
+                s // patch_size for s in to_2tuple(pretrain_img_size))
             self.absolute_pos_embed = nn.Parameter(
                 torch.zeros(1, embed_dims, patch_h, patch_w))
         self.drop_after_pos = nn.Dropout(p=drop_rate)
@@ -320,16 +319,16 @@ class ACmixSwinTransformer(BaseModule):
                     act_cfg=act_cfg,
                     norm_cfg=norm_cfg,
                     with_cp=with_cp,
-                    attn_impl=check_attn_impl(attn_impl),
+                    attn_impl=attn_impl,
                     conv_path=conv_path))
             self.num_features.append(channels)
             if downsample is not None:
                 channels = downsample.out_channels
 
         for i in self.out_indices:
-            self.add_module(f'norm{i}',
-                            build_norm_layer(norm_cfg,
-                                             self.num_features[i])[1])
+            self.add_module(
+                f'norm{i}',
+                build_norm_layer(norm_cfg, self.num_features[i])[1])
         self._freeze_stages()
         self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
 
@@ -386,11 +385,13 @@ class ACmixSwinTransformer(BaseModule):
         if any(key.startswith('layers.') for key in weights):
             weights = acmix_swin_converter(weights)
         self._resize_position_tables(weights)
-        check_weights(self, weights,
-                      optional=[f'norm{i}' for i in self.out_indices],
-                      allow_partial=self.allow_partial_checkpoint)
-        state_dict.update((prefix + key, value)
-                          for key, value in weights.items())
+        check_weights(
+            self,
+            weights,
+            optional=[f'norm{i}' for i in self.out_indices],
+            allow_partial=self.allow_partial_checkpoint)
+        state_dict.update(
+            (prefix + key, value) for key, value in weights.items())
 
     def _resize_position_tables(self, state_dict: dict) -> None:
         """Resize, in place, relative position tables and absolute position
@@ -403,17 +404,23 @@ class ACmixSwinTransformer(BaseModule):
                 continue
             if key.endswith('relative_position_bias_table') and \
                     value.shape[1] == target.shape[1]:
-                side, new_side = (int(round(n**0.5))
-                                  for n in (value.shape[0], target.shape[0]))
+                side, new_side = (
+                    int(round(n**0.5))
+                    for n in (value.shape[0], target.shape[0]))
                 table = value.t().reshape(1, -1, side, side)
-                table = F.interpolate(table, size=(new_side, new_side),
-                                      mode='bicubic', align_corners=False)
+                table = F.interpolate(
+                    table,
+                    size=(new_side, new_side),
+                    mode='bicubic',
+                    align_corners=False)
                 state_dict[key] = table.reshape(-1, new_side**2).t()
             elif key == 'absolute_pos_embed' and value.dim() == 3:
                 side = int(round(value.shape[1]**0.5))
                 grid = value.transpose(1, 2).reshape(1, -1, side, side)
                 state_dict[key] = F.interpolate(
-                    grid, size=target.shape[-2:], mode='bicubic',
+                    grid,
+                    size=target.shape[-2:],
+                    mode='bicubic',
                     align_corners=False)
 
     def forward(self, x: Tensor) -> List[Tensor]:
@@ -422,8 +429,8 @@ class ACmixSwinTransformer(BaseModule):
         if self.use_abs_pos_embed:
             pos = self.absolute_pos_embed
             if pos.shape[-2:] != hw_shape:
-                pos = F.interpolate(pos, size=hw_shape, mode='bicubic',
-                                    align_corners=False)
+                pos = F.interpolate(
+                    pos, size=hw_shape, mode='bicubic', align_corners=False)
             x = x + pos.flatten(2).transpose(1, 2)
         x = self.drop_after_pos(x)
 
