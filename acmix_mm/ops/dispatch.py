@@ -23,7 +23,7 @@ backend.
 """
 import functools
 import warnings
-from typing import Dict, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Set, Tuple
 
 import torch
 from torch import Tensor
@@ -153,7 +153,19 @@ def _example_inputs(op: str, device_type: str, dtype: torch.dtype,
             requires_grad=requires_grad) for _ in range(3))
 
 
-@torch.compiler.assume_constant_result
+def _constant_to_compile(fn: Callable) -> Callable:
+    """``fn`` marked so that torch.compile treats its result as a constant.
+
+    Where torch's compiler cannot be imported (a Triton older than this torch
+    expects), torch.compile cannot run either, and ``fn`` stays unmarked.
+    """
+    try:
+        return torch.compiler.assume_constant_result(fn)
+    except ImportError:
+        return fn
+
+
+@_constant_to_compile
 def choose_backend(op: str,
                    attn_impl: str,
                    device_type: str,
