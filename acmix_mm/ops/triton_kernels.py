@@ -568,21 +568,43 @@ def head_block(head_dim: int) -> int:
     return triton.next_power_of_2(max(head_dim, 16))
 
 
+class LaunchPlan(NamedTuple):
+    """How a kernel covers one input shape: its grid size and the
+    iterations of its one runtime loop (the hot loop) per program."""
+    programs: int
+    loop_trips: int
+
+
 class KernelSpec(NamedTuple):
     """A kernel, the tiling its launcher gives it and its other constexpr
-    arguments (used to compile the kernels ahead of time)."""
+    arguments (used to compile the kernels ahead of time), and whether its
+    programs tile the output (queries) or the input (keys)."""
     kernel: Callable
     tiling: Callable[[int, int, int, torch.dtype], Tiling]
     extra_meta: Dict[str, bool]
+    tiles_queries: bool
+
+    def launch_plan(self, shape: Tuple[int, int, int, int,
+                                       int], kernel_size: int, stride: int,
+                    dtype: torch.dtype) -> LaunchPlan:
+        """Grid and hot-loop trips for (B, heads, D, H, W) inputs."""
+        batch, heads, head_dim, height, width = shape
+        tiling = self.tiling(kernel_size, stride, head_dim, dtype)
+        rows, cols = height, width
+        if self.tiles_queries:
+            rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+        return LaunchPlan(batch * heads * _tile_count(rows, cols, tiling),
+                          triton.cdiv(tiling.region_size, tiling.block_region))
 
 
 KERNELS = {
     'forward':
-    KernelSpec(_forward_kernel, query_tiling, {}),
+    KernelSpec(_forward_kernel, query_tiling, {}, True),
     'grad_query':
-    KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True}),
+    KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True},
+               True),
     'grad_key_value':
-    KernelSpec(_grad_key_value_kernel, key_tiling, {}),
+    KernelSpec(_grad_key_value_kernel, key_tiling, {}, False),
 }
 
 # (num_warps, num_stages) candidates of the autotuner.
