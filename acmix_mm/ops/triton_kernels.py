@@ -84,30 +84,21 @@ def _matmul_add(a, b, acc):
         return acc + tl.dot(a, b, allow_tf32=False)
 
 
-# exp2 and log2: Triton 3's builtins (one MUFU instruction each); Triton 2
-# has them as libdevice calls only. Defined per version because Triton 2
-# resolves every name a kernel mentions, also in branches not taken.
-if hasattr(tl, 'exp2'):
-
-    @triton.jit
-    def _exp2(x):
-        """2 ** x."""
+@triton.jit
+def _exp2(x):
+    """2 ** x (one MUFU.EX2 on the GPU)."""
+    if _TRITON_3:
         return tl.exp2(x)
-
-    @triton.jit
-    def _log2(x):
-        """log2(x)."""
-        return tl.log2(x)
-else:
-
-    @triton.jit
-    def _exp2(x):
-        """2 ** x."""
+    else:
         return tl.math.exp2(x)
 
-    @triton.jit
-    def _log2(x):
-        """log2(x)."""
+
+@triton.jit
+def _log2(x):
+    """log2(x)."""
+    if _TRITON_3:
+        return tl.log2(x)
+    else:
         return tl.math.log2(x)
 
 
