@@ -17,7 +17,6 @@ writes dQ (and delta = rowsum(dO * O)) per query tile, another dK and dV
 per key tile from the queries that reach it; no atomics.
 """
 import contextlib
-import functools
 import math
 import os
 import re
@@ -28,8 +27,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .reflection import reflect_index
-
 SUPPORTED_KERNEL_SIZES = (3, 5, 7)
 SUPPORTED_STRIDES = (1, 2)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -39,6 +36,10 @@ _TRUE_WORDS = ('1', 'true', 'on', 'yes', 'y')
 _INTERPRETER_ACTIVE = os.environ.get('TRITON_INTERPRET',
                                      '').strip().lower() in _TRUE_WORDS
 
+# Pixels of a tile's region handled per loop step: fewer for float32, whose
+# dot operands take twice the registers and are split in high and low TF32
+# parts.
+_REGION_CHUNK = {torch.float32: 32, torch.float16: 64, torch.bfloat16: 64}
 # Triton 3 runs float32 dots as three TF32 tensor-core products ('tf32x3',
 # hi*hi + hi*lo + lo*hi): float32 accuracy without the register-hungry FMA
 # path. Triton 2 has no such mode; there float32 dots run exactly on the FMA
@@ -49,7 +50,6 @@ _TRITON_3 = tl.constexpr(_TRITON_VERSION >= (3, 0))
 # Logit of keys out of reach and start of the running max: exp() of it
 # underflows to 0 and, unlike -inf, it never gives inf - inf.
 _MASKED_LOGIT = tl.constexpr(-1.0e30)
-_LN2 = tl.constexpr(0.6931471805599453)
 
 
 def interpreter_active() -> bool:
@@ -85,50 +85,62 @@ def _matmul_add(a, b, acc):
 
 
 @triton.jit
-def _exp2(x):
-    """2 ** x (one MUFU.EX2 on the GPU)."""
-    if _TRITON_3:
-        return tl.exp2(x)
-    else:
-        return tl.math.exp2(x)
+def _add_axis_hits(count, query_pos, key_pos, size, weight,
+                   KERNEL_SIZE: tl.constexpr, SMALL_MAP: tl.constexpr):
+    """Add int ``weight`` to ``count`` once per offset o in [-pad, pad] with
+    reflect(query_pos + o) == key_pos along an axis of ``size`` pixels.
 
+    ``query_pos`` and ``key_pos`` (both in [0, size) where it matters)
+    broadcast to count's shape ([N, 1] against [1, M] or the reverse).
 
-@triton.jit
-def _log2(x):
-    """log2(x)."""
-    if _TRITON_3:
-        return tl.log2(x)
-    else:
-        return tl.math.log2(x)
-
-
-@triton.jit
-def _reflect(position, size, PAD: tl.constexpr, SMALL_MAP: tl.constexpr):
-    """Source pixel of padded ``position`` (in [-pad, size - 1 + pad]) on
-    an axis of ``size`` pixels: mirrored at the edges, the edge pixel not
-    repeated (:func:`acmix_mm.ops.reflection.reflect`).
-
-    If size > pad, one mirror at most: |p|, then 2 * (size - 1) - p past
-    the far edge. SMALL_MAP (some side <= pad) folds by the period
-    2 * (size - 1) (1 for size 1, which maps everything to 0); the shift by
-    PAD periods keeps the remainder's operand non-negative. Positions past
-    the far edge by more than pad (slots only of queries past the map) are
-    clamped into the map, so that every load stays in bounds.
+    If size > pad, a window [q - pad, q + pad] meets at most the first
+    mirror image on each side, so a key k is hit directly (|k - q| <= pad),
+    through the mirror at 0 (position -k, for k >= 1) and through the
+    mirror at size - 1 (position 2 * (size - 1) - k, for k < size - 1).
+    SMALL_MAP (some axis has size <= pad) counts the offsets one by one:
+    repeated mirroring has period 2 * (size - 1) (1 for size 1, which maps
+    everything to 0) and a position folded into [0, period) reflects to
+    min(folded, period - folded); the shift by 3 * pad periods keeps the
+    remainder's operand non-negative (query_pos >= -2 * pad).
     """
+    pad = KERNEL_SIZE // 2
     if SMALL_MAP:
         period = tl.maximum(2 * size - 2, 1)
-        folded = (position + PAD * period) % period
-        return tl.minimum(folded, period - folded)
+        first = query_pos - pad + period * (3 * pad)
+        for step in tl.static_range(KERNEL_SIZE):
+            folded = (first + step) % period
+            source = tl.minimum(folded, period - folded)
+            count += tl.where(source == key_pos, weight, 0)
     else:
-        position = tl.abs(position)
-        return tl.maximum(tl.minimum(position, 2 * size - 2 - position), 0)
+        last = size - 1
+        out_of_reach = 2 * pad + 1
+        below = tl.where(key_pos >= 1, key_pos, out_of_reach)
+        above = tl.where(key_pos < last, last - key_pos, out_of_reach)
+        count += tl.where(tl.abs(key_pos - query_pos) <= pad, weight, 0)
+        count += tl.where(below + query_pos <= pad, weight, 0)
+        count += tl.where(above + (last - query_pos) <= pad, weight, 0)
+    return count
 
 
 @triton.jit
-def _band(offset, pad):
-    """0 where |offset| <= pad (inside a window), else the masked logit:
-    the additive mask of the static window pattern."""
-    return tl.where((offset >= -pad) & (offset <= pad), 0.0, _MASKED_LOGIT)
+def _window_multiplicity(query_y, query_x, key_y, key_x, pair_valid, height,
+                         width, KERNEL_SIZE: tl.constexpr,
+                         SMALL_MAP: tl.constexpr):
+    """float32 number of window offsets of each query that land on each
+    key: (row hits) * (column hits), 0 where ``pair_valid`` is False.
+    Inputs broadcast as in :func:`_add_axis_hits`.
+
+    Both hit counts (<= KERNEL_SIZE < 8) share one int32 accumulator,
+    8 * rows + cols, to keep one tile of registers live, not two.
+    """
+    packed = tl.zeros_like(query_y + key_y)
+    packed = _add_axis_hits(packed, query_y, key_y, height, 8, KERNEL_SIZE,
+                            SMALL_MAP)
+    packed = _add_axis_hits(packed, query_x, key_x, width, 1, KERNEL_SIZE,
+                            SMALL_MAP)
+    rows = packed >> 3
+    cols = packed & 7
+    return tl.where(pair_valid, (rows * cols).to(tl.float32), 0.0)
 
 
 @triton.jit
@@ -184,6 +196,21 @@ def _tile_pixels(tile, rows, cols, BLOCK_H: tl.constexpr,
     return first_row, first_col, row, col, (row < rows) & (col < cols)
 
 
+@triton.jit
+def _region_pixels(first_row, first_col, start, rows, cols,
+                   REGION_W: tl.constexpr, REGION_SIZE: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """Pixels start .. start + BLOCK - 1 (row, col, valid) of the region of
+    REGION_SIZE pixels, REGION_W per row, whose origin is (first_row,
+    first_col) on a rows x cols grid."""
+    index = start + tl.arange(0, BLOCK)
+    row = first_row + index // REGION_W
+    col = first_col + index % REGION_W
+    valid = ((index < REGION_SIZE) & (row >= 0) & (row < rows) & (col >= 0)
+             & (col < cols))
+    return row, col, valid
+
+
 # ----------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------
@@ -216,54 +243,49 @@ def _forward_kernel(
         stride_ob, stride_oh, stride_od, stride_oy, stride_ox, heads, height,
         width, out_height, out_width, scale, HEAD_DIM: tl.constexpr,
         KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
-        SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr, TILE_H: tl.constexpr,
-        TILE_W: tl.constexpr, LOOP_ROWS: tl.constexpr, CHUNK_W: tl.constexpr):
-    """One program per (map, TILE_H x TILE_W output tile): out and lse of
-    its queries. The loop walks the LOOP_ROWS rows of key slots (padded
-    positions) that the tile's windows cover, CHUNK_W slots each."""
+        SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_W: tl.constexpr, REGION_W: tl.constexpr,
+        REGION_SIZE: tl.constexpr, BLOCK_REGION: tl.constexpr):
+    """One program per (map, BLOCK_H x BLOCK_W output tile): out and lse of
+    its queries, looping over the key region in BLOCK_REGION chunks."""
     pad = KERNEL_SIZE // 2
-    tiles = tl.cdiv(out_height, TILE_H) * tl.cdiv(out_width, TILE_W)
+    tiles = tl.cdiv(out_height, BLOCK_H) * tl.cdiv(out_width, BLOCK_W)
     batch_head = tl.program_id(0) // tiles
     first_row, first_col, out_row, out_col, query_valid = _tile_pixels(
-        tl.program_id(0) % tiles, out_height, out_width, TILE_H, TILE_W)
+        tl.program_id(0) % tiles, out_height, out_width, BLOCK_H, BLOCK_W)
+    query_y, query_x = STRIDE * out_row, STRIDE * out_col
     q = _load_channel_major(
         q_ptr + _map_offset(batch_head, heads, stride_qb, stride_qh),
-        stride_qd, STRIDE * (out_row * stride_qy + out_col * stride_qx),
-        query_valid, HEAD_DIM, BLOCK_D)
+        stride_qd, query_y * stride_qy + query_x * stride_qx, query_valid,
+        HEAD_DIM, BLOCK_D)
     q = tl.trans(q)
     k_ptr += _map_offset(batch_head, heads, stride_kb, stride_kh)
     v_ptr += _map_offset(batch_head, heads, stride_vb, stride_vh)
 
-    # Slot s of a row is padded column STRIDE * first_col - pad + s; query
-    # i's window covers slots STRIDE * (i % TILE_W) + [0, KERNEL_SIZE).
-    slot = tl.arange(0, CHUNK_W)
-    key_x = _reflect(STRIDE * first_col - pad + slot, width, pad, SMALL_MAP)
-    slot_used = slot < STRIDE * (TILE_W - 1) + KERNEL_SIZE
-    query = tl.arange(0, TILE_H * TILE_W)
-    col_mask = _band(slot[None, :] - STRIDE * (query % TILE_W)[:, None] - pad,
-                     pad)
-    query_row = STRIDE * (query // TILE_W)
-    scale_log2 = scale * 1.4426950408889634
-
-    row_max = tl.full([TILE_H * TILE_W], _MASKED_LOGIT, tl.float32)
-    row_sum = tl.zeros([TILE_H * TILE_W], tl.float32)
-    acc = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
-    for slot_row in range(LOOP_ROWS):
-        key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
-                         SMALL_MAP)
-        k = _load_channel_major(k_ptr + key_y * stride_ky, stride_kd,
-                                key_x * stride_kx, slot_used, HEAD_DIM,
-                                BLOCK_D)
-        v = _load_channel_major(v_ptr + key_y * stride_vy, stride_vd,
-                                key_x * stride_vx, slot_used, HEAD_DIM,
-                                BLOCK_D)
-        # log2-scaled logits: exp2 of them is the softmax weight.
-        logits = (
-            _matmul(q, k) * scale_log2 + col_mask +
-            _band(slot_row - query_row - pad, pad)[:, None])
+    row_max = tl.full([BLOCK_H * BLOCK_W], _MASKED_LOGIT, tl.float32)
+    row_sum = tl.zeros([BLOCK_H * BLOCK_W], tl.float32)
+    acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
+    for start in range(0, REGION_SIZE, BLOCK_REGION):
+        key_y, key_x, key_valid = _region_pixels(STRIDE * first_row - pad,
+                                                 STRIDE * first_col - pad,
+                                                 start, height, width,
+                                                 REGION_W, REGION_SIZE,
+                                                 BLOCK_REGION)
+        k = _load_channel_major(k_ptr, stride_kd,
+                                key_y * stride_ky + key_x * stride_kx,
+                                key_valid, HEAD_DIM, BLOCK_D)
+        v = _load_channel_major(v_ptr, stride_vd,
+                                key_y * stride_vy + key_x * stride_vx,
+                                key_valid, HEAD_DIM, BLOCK_D)
+        logits = _matmul(q, k) * scale
+        multiplicity = _window_multiplicity(
+            query_y[:, None], query_x[:, None], key_y[None, :], key_x[None, :],
+            query_valid[:, None] & key_valid[None, :], height, width,
+            KERNEL_SIZE, SMALL_MAP)
+        logits = tl.where(multiplicity > 0, logits, _MASKED_LOGIT)
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
-        rescale = _exp2(row_max - new_max)
-        weights = _exp2(logits - new_max[:, None])
+        rescale = tl.exp(row_max - new_max)
+        weights = multiplicity * tl.exp(logits - new_max[:, None])
         row_sum = row_sum * rescale + tl.sum(weights, axis=1)
         acc = _matmul_add(
             weights.to(v.dtype), tl.trans(v), acc * rescale[:, None])
@@ -272,15 +294,14 @@ def _forward_kernel(
     row_sum = tl.where(query_valid, row_sum, 1.0)
     _store_channel_major(
         out_ptr + _map_offset(batch_head, heads, stride_ob, stride_oh),
-        acc * (1.0 / row_sum)[:, None], stride_od,
+        acc / row_sum[:, None], stride_od,
         out_row * stride_oy + out_col * stride_ox, query_valid, HEAD_DIM,
         BLOCK_D)
     lse_offsets = (
         batch_head.to(tl.int64) * out_height * out_width +
         out_row * out_width + out_col)
     tl.store(
-        lse_ptr + lse_offsets, (row_max + _log2(row_sum)) * _LN2,
-        mask=query_valid)
+        lse_ptr + lse_offsets, row_max + tl.log(row_sum), mask=query_valid)
 
 
 @triton.jit
@@ -319,16 +340,17 @@ def _grad_query_kernel(
         heads, height, width, out_height, out_width, scale,
         HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
         STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
-        TILE_H: tl.constexpr, TILE_W: tl.constexpr, LOOP_ROWS: tl.constexpr,
-        CHUNK_W: tl.constexpr, COMPUTE_GRAD_Q: tl.constexpr):
-    """One program per (map, output tile), as the forward: delta =
-    rowsum(dO * O) of its queries (stored for the dK/dV kernel) and, if
-    COMPUTE_GRAD_Q, their dQ = scale * sum_slots P * (dP - delta) * K."""
+        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, REGION_W: tl.constexpr,
+        REGION_SIZE: tl.constexpr, BLOCK_REGION: tl.constexpr,
+        COMPUTE_GRAD_Q: tl.constexpr):
+    """One program per (map, output tile): delta = rowsum(dO * O) of its
+    queries (stored for the dK/dV kernel) and, if COMPUTE_GRAD_Q, their dQ
+    = scale * sum_keys P * (dP - delta) * K over the key region."""
     pad = KERNEL_SIZE // 2
-    tiles = tl.cdiv(out_height, TILE_H) * tl.cdiv(out_width, TILE_W)
+    tiles = tl.cdiv(out_height, BLOCK_H) * tl.cdiv(out_width, BLOCK_W)
     batch_head = tl.program_id(0) // tiles
     first_row, first_col, out_row, out_col, query_valid = _tile_pixels(
-        tl.program_id(0) % tiles, out_height, out_width, TILE_H, TILE_W)
+        tl.program_id(0) % tiles, out_height, out_width, BLOCK_H, BLOCK_W)
     grad_out = _load_channel_major(
         g_ptr + _map_offset(batch_head, heads, stride_gb, stride_gh),
         stride_gd, out_row * stride_gy + out_col * stride_gx, query_valid,
@@ -350,34 +372,30 @@ def _grad_query_kernel(
             HEAD_DIM, BLOCK_D)
         q = tl.trans(q)
         grad_out = tl.trans(grad_out)
-        scale_log2 = scale * 1.4426950408889634
-        lse_log2 = tl.load(
-            lse_ptr + stat_offsets, mask=query_valid,
-            other=0.0) * 1.4426950408889634
+        lse = tl.load(lse_ptr + stat_offsets, mask=query_valid, other=0.0)
         k_ptr += _map_offset(batch_head, heads, stride_kb, stride_kh)
         v_ptr += _map_offset(batch_head, heads, stride_vb, stride_vh)
-        slot = tl.arange(0, CHUNK_W)
-        key_x = _reflect(STRIDE * first_col - pad + slot, width, pad,
-                         SMALL_MAP)
-        slot_used = slot < STRIDE * (TILE_W - 1) + KERNEL_SIZE
-        query = tl.arange(0, TILE_H * TILE_W)
-        col_mask = _band(
-            slot[None, :] - STRIDE * (query % TILE_W)[:, None] - pad, pad)
-        query_row = STRIDE * (query // TILE_W)
-        acc = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
-        for slot_row in range(LOOP_ROWS):
-            key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
-                             SMALL_MAP)
-            k = _load_channel_major(k_ptr + key_y * stride_ky, stride_kd,
-                                    key_x * stride_kx, slot_used, HEAD_DIM,
-                                    BLOCK_D)
-            v = _load_channel_major(v_ptr + key_y * stride_vy, stride_vd,
-                                    key_x * stride_vx, slot_used, HEAD_DIM,
-                                    BLOCK_D)
-            logits = (
-                _matmul(q, k) * scale_log2 + col_mask +
-                _band(slot_row - query_row - pad, pad)[:, None])
-            probs = _exp2(logits - lse_log2[:, None])
+        acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
+        for start in range(0, REGION_SIZE, BLOCK_REGION):
+            key_y, key_x, key_valid = _region_pixels(STRIDE * first_row - pad,
+                                                     STRIDE * first_col - pad,
+                                                     start, height, width,
+                                                     REGION_W, REGION_SIZE,
+                                                     BLOCK_REGION)
+            k = _load_channel_major(k_ptr, stride_kd,
+                                    key_y * stride_ky + key_x * stride_kx,
+                                    key_valid, HEAD_DIM, BLOCK_D)
+            v = _load_channel_major(v_ptr, stride_vd,
+                                    key_y * stride_vy + key_x * stride_vx,
+                                    key_valid, HEAD_DIM, BLOCK_D)
+            logits = _matmul(q, k) * scale
+            multiplicity = _window_multiplicity(
+                query_y[:, None], query_x[:, None], key_y[None, :],
+                key_x[None, :], query_valid[:, None] & key_valid[None, :],
+                height, width, KERNEL_SIZE, SMALL_MAP)
+            probs = multiplicity * tl.exp(
+                tl.where(multiplicity > 0, logits - lse[:, None],
+                         _MASKED_LOGIT))
             grad_probs = _matmul(grad_out, v)
             grad_logits = probs * (grad_probs - delta[:, None])
             acc = _matmul_add(grad_logits.to(k.dtype), tl.trans(k), acc)
@@ -390,157 +408,81 @@ def _grad_query_kernel(
 @_jit
 def _grad_key_value_kernel(
         q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-        dk_slots_ptr, dv_slots_ptr, stride_qb, stride_qh, stride_qd, stride_qy,
-        stride_qx, stride_kb, stride_kh, stride_kd, stride_ky, stride_kx,
-        stride_vb, stride_vh, stride_vd, stride_vy, stride_vx, stride_gb,
-        stride_gh, stride_gd, stride_gy, stride_gx, stride_dkb, stride_dkh,
-        stride_dkd, stride_dky, stride_dkx, stride_dvb, stride_dvh, stride_dvd,
-        stride_dvy, stride_dvx, heads, height, width, out_height, out_width,
-        scale, HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_gb, stride_gh, stride_gd,
+        stride_gy, stride_gx, stride_dkb, stride_dkh, stride_dkd, stride_dky,
+        stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
+        heads, height, width, out_height, out_width, scale,
+        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
         STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
-        TILE_H: tl.constexpr, TILE_W: tl.constexpr, LOOP_ROWS: tl.constexpr,
-        CHUNK_W: tl.constexpr):
-    """One program per (map, TILE_H x TILE_W tile of key slots, the
-    positions of the reflection-padded map): dK and dV of its slots, looping
-    over the LOOP_ROWS rows of queries whose windows can cover them, CHUNK_W
-    queries each.
-
-    A slot whose source pixel has no other slot (no mirror image) stores
-    its gradients in dk_ptr / dv_ptr. The others store float32 gradients
-    at their padded position in dk_slots_ptr / dv_slots_ptr, contiguous
-    (B * heads, HEAD_DIM, H + 2 * pad, W + 2 * pad), which the launcher
-    sums into their sources (:func:`_fold_mirror_images`).
-    """
+        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, REGION_W: tl.constexpr,
+        REGION_SIZE: tl.constexpr, BLOCK_REGION: tl.constexpr):
+    """One program per (map, BLOCK_H x BLOCK_W tile of input pixels): dK and
+    dV of its keys, looping in BLOCK_REGION chunks over the region of
+    output pixels that can reach them (input position within pad)."""
     pad = KERNEL_SIZE // 2
-    padded_height = height + 2 * pad
-    padded_width = width + 2 * pad
-    tiles = tl.cdiv(padded_height, TILE_H) * tl.cdiv(padded_width, TILE_W)
+    tiles = tl.cdiv(height, BLOCK_H) * tl.cdiv(width, BLOCK_W)
     batch_head = tl.program_id(0) // tiles
-    first_row, first_col, slot_row, slot_col, slot_valid = _tile_pixels(
-        tl.program_id(0) % tiles, padded_height, padded_width, TILE_H, TILE_W)
-    key_y = _reflect(slot_row - pad, height, pad, SMALL_MAP)
-    key_x = _reflect(slot_col - pad, width, pad, SMALL_MAP)
+    first_y, first_x, key_y, key_x, key_valid = _tile_pixels(
+        tl.program_id(0) % tiles, height, width, BLOCK_H, BLOCK_W)
     k = _load_channel_major(
         k_ptr + _map_offset(batch_head, heads, stride_kb, stride_kh),
-        stride_kd, key_y * stride_ky + key_x * stride_kx, slot_valid, HEAD_DIM,
+        stride_kd, key_y * stride_ky + key_x * stride_kx, key_valid, HEAD_DIM,
         BLOCK_D)
     v = _load_channel_major(
         v_ptr + _map_offset(batch_head, heads, stride_vb, stride_vh),
-        stride_vd, key_y * stride_vy + key_x * stride_vx, slot_valid, HEAD_DIM,
+        stride_vd, key_y * stride_vy + key_x * stride_vx, key_valid, HEAD_DIM,
         BLOCK_D)
     k, v = tl.trans(k), tl.trans(v)
     q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
     g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
     stats_base = batch_head.to(tl.int64) * out_height * out_width
+    # First output row (col) whose input position is >= first - pad:
+    # ceil((first - pad) / STRIDE), written with a non-negative dividend.
+    shift = STRIDE * pad + STRIDE - 1 - pad
+    first_row = (first_y + shift) // STRIDE - pad
+    first_col = (first_x + shift) // STRIDE - pad
 
-    # The first output row (col) whose window reaches the tile's first slot
-    # row (col), at position first - pad: ceil((first - 2 * pad) / STRIDE),
-    # written with a non-negative dividend.
-    shift = 2 * pad * STRIDE + STRIDE - 1
-    first_out_row = (first_row - 2 * pad + shift) // STRIDE - 2 * pad
-    first_out_col = (first_col - 2 * pad + shift) // STRIDE - 2 * pad
-    query = tl.arange(0, CHUNK_W)
-    out_col = first_out_col + query
-    col_valid = (out_col >= 0) & (out_col < out_width)
-    # Slot position minus query centre, per (slot, query) and per row.
-    col_mask = _band(slot_col[:, None] - pad - STRIDE * out_col[None, :], pad)
-    col_mask = tl.where(col_valid[None, :], col_mask, _MASKED_LOGIT)
-    scale_log2 = scale * 1.4426950408889634
-
-    grad_k = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
-    grad_v = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
-    for row in range(LOOP_ROWS):
-        out_row = first_out_row + row
-        # A vector: a scalar condition in a mask fails in the interpreter.
-        out_rows = tl.full([CHUNK_W], 0, tl.int32) + out_row
-        query_valid = col_valid & (out_rows >= 0) & (out_rows < out_height)
-        q = _load_channel_major(q_ptr + STRIDE * out_row * stride_qy,
-                                stride_qd, STRIDE * out_col * stride_qx,
+    grad_k = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
+    grad_v = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_D], tl.float32)
+    for start in range(0, REGION_SIZE, BLOCK_REGION):
+        out_row, out_col, query_valid = _region_pixels(first_row, first_col,
+                                                       start, out_height,
+                                                       out_width, REGION_W,
+                                                       REGION_SIZE,
+                                                       BLOCK_REGION)
+        query_y, query_x = STRIDE * out_row, STRIDE * out_col
+        q = _load_channel_major(q_ptr, stride_qd,
+                                query_y * stride_qy + query_x * stride_qx,
                                 query_valid, HEAD_DIM, BLOCK_D)
-        grad_out = _load_channel_major(g_ptr + out_row * stride_gy, stride_gd,
-                                       out_col * stride_gx, query_valid,
-                                       HEAD_DIM, BLOCK_D)
+        grad_out = _load_channel_major(
+            g_ptr, stride_gd, out_row * stride_gy + out_col * stride_gx,
+            query_valid, HEAD_DIM, BLOCK_D)
         stat_offsets = stats_base + out_row * out_width + out_col
-        lse_log2 = tl.load(
-            lse_ptr + stat_offsets, mask=query_valid,
-            other=0.0) * 1.4426950408889634
+        lse = tl.load(lse_ptr + stat_offsets, mask=query_valid, other=0.0)
         delta = tl.load(delta_ptr + stat_offsets, mask=query_valid, other=0.0)
-        logits_t = (
-            _matmul(k, q) * scale_log2 + col_mask +
-            _band(slot_row - pad - STRIDE * out_row, pad)[:, None])
-        probs_t = _exp2(logits_t - lse_log2[None, :])
+        logits_t = _matmul(k, q) * scale
+        multiplicity_t = _window_multiplicity(
+            query_y[None, :], query_x[None, :], key_y[:, None], key_x[:, None],
+            key_valid[:, None] & query_valid[None, :], height, width,
+            KERNEL_SIZE, SMALL_MAP)
+        probs_t = multiplicity_t * tl.exp(
+            tl.where(multiplicity_t > 0, logits_t - lse[None, :],
+                     _MASKED_LOGIT))
         grad_v = _matmul_add(
             probs_t.to(grad_out.dtype), tl.trans(grad_out), grad_v)
         grad_probs_t = _matmul(v, grad_out)
         grad_logits_t = probs_t * (grad_probs_t - delta[None, :])
         grad_k = _matmul_add(grad_logits_t.to(q.dtype), tl.trans(q), grad_k)
 
-    # A source's only slot is its own position unless it is mirrored: rows
-    # (cols) 1 .. pad and size - 1 - pad .. size - 2, every pixel of a
-    # small map. Slots outside the map are mirror images.
-    if SMALL_MAP:
-        single = slot_row < 0
-    else:
-        single = (
-            slot_valid & ((key_y < 1) | (key_y > pad)) &
-            ((key_y < height - 1 - pad) | (key_y > height - 2)) &
-            ((key_x < 1) | (key_x > pad)) & ((key_x < width - 1 - pad) |
-                                             (key_x > width - 2)))
     _store_channel_major(
         dk_ptr + _map_offset(batch_head, heads, stride_dkb, stride_dkh),
         grad_k * scale, stride_dkd, key_y * stride_dky + key_x * stride_dkx,
-        single, HEAD_DIM, BLOCK_D)
+        key_valid, HEAD_DIM, BLOCK_D)
     _store_channel_major(
         dv_ptr + _map_offset(batch_head, heads, stride_dvb, stride_dvh),
-        grad_v, stride_dvd, key_y * stride_dvy + key_x * stride_dvx, single,
-        HEAD_DIM, BLOCK_D)
-    slots = padded_height * padded_width
-    slot_offsets = slot_row * padded_width + slot_col
-    mirrored = slot_valid & ~single
-    slots_base = batch_head.to(tl.int64) * HEAD_DIM * slots
-    _store_channel_major(dk_slots_ptr + slots_base, grad_k * scale, slots,
-                         slot_offsets, mirrored, HEAD_DIM, BLOCK_D)
-    _store_channel_major(dv_slots_ptr + slots_base, grad_v, slots,
-                         slot_offsets, mirrored, HEAD_DIM, BLOCK_D)
-
-
-@_jit
-def _fold_mirror_images_kernel(
-        slots_ptr, grad_ptr, pixels_ptr, row_images_ptr, col_images_ptr,
-        stride_gb, stride_gh, stride_gd, stride_gy, stride_gx, heads, height,
-        width, pixel_count, HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
-        ROW_IMAGES: tl.constexpr, COL_IMAGES: tl.constexpr):
-    """One program per (map, BLOCK_PIXELS of the pixel_count mirrored
-    pixels listed at pixels_ptr, as y * width + x): the gradient of each,
-    the sum of the float32 slot gradients at its padded positions (rows
-    row_images_ptr[y, :ROW_IMAGES] x cols col_images_ptr[x, :COL_IMAGES],
-    -1 for none), in a fixed order."""
-    pad = KERNEL_SIZE // 2
-    padded_width = width + 2 * pad
-    slots = (height + 2 * pad) * padded_width
-    blocks = tl.cdiv(pixel_count, BLOCK_PIXELS)
-    batch_head = tl.program_id(0) // blocks
-    index = (tl.program_id(0) % blocks) * BLOCK_PIXELS + tl.arange(
-        0, BLOCK_PIXELS)
-    valid = index < pixel_count
-    pixel = tl.load(pixels_ptr + index, mask=valid, other=0)
-    y, x = pixel // width, pixel % width
-    slots_ptr += batch_head.to(tl.int64) * HEAD_DIM * slots
-    total = tl.zeros([BLOCK_D, BLOCK_PIXELS], tl.float32)
-    for i in tl.static_range(ROW_IMAGES):
-        row = tl.load(
-            row_images_ptr + y * ROW_IMAGES + i, mask=valid, other=-1)
-        for j in tl.static_range(COL_IMAGES):
-            col = tl.load(
-                col_images_ptr + x * COL_IMAGES + j, mask=valid, other=-1)
-            total += _load_channel_major(slots_ptr, slots,
-                                         row * padded_width + col,
-                                         (row >= 0) & (col >= 0), HEAD_DIM,
-                                         BLOCK_D)
-    _store_channel_major(
-        grad_ptr + _map_offset(batch_head, heads, stride_gb, stride_gh),
-        tl.trans(total), stride_gd, y * stride_gy + x * stride_gx, valid,
+        grad_v, stride_dvd, key_y * stride_dvy + key_x * stride_dvx, key_valid,
         HEAD_DIM, BLOCK_D)
 
 
@@ -550,59 +492,75 @@ def _fold_mirror_images_kernel(
 
 
 class Tiling(NamedTuple):
-    """Compile-time geometry of one kernel: a tile_h x tile_w tile (of
-    queries, or of key slots) and its hot loop of loop_rows iterations over
-    rows of chunk_w slots (or queries)."""
-    tile_h: int
-    tile_w: int
-    loop_rows: int
-    chunk_w: int
+    """Compile-time geometry of one kernel: a block_h x block_w tile and a
+    region of region_size pixels (region_w per row) walked in chunks of
+    block_region."""
+    block_h: int
+    block_w: int
+    region_w: int
+    region_size: int
+    block_region: int
 
     def as_meta(self) -> dict:
         """Keyword constexpr arguments of the kernels."""
         return dict(
-            TILE_H=self.tile_h,
-            TILE_W=self.tile_w,
-            LOOP_ROWS=self.loop_rows,
-            CHUNK_W=self.chunk_w)
+            BLOCK_H=self.block_h,
+            BLOCK_W=self.block_w,
+            REGION_W=self.region_w,
+            REGION_SIZE=self.region_size,
+            BLOCK_REGION=self.block_region)
 
 
-def _chunk(count: int) -> int:
-    """Power of two >= count, at least 16 (the smallest tl.dot size)."""
-    return max(16, triton.next_power_of_2(count))
+def _operand_width(head_dim: int, dtype: torch.dtype) -> int:
+    """Channel block in 16-bit units: a float32 tile counts twice."""
+    return head_block(head_dim) * (2 if dtype == torch.float32 else 1)
+
+
+def _tiling(tile: Tuple[int, int], region_h: int, region_w: int,
+            dtype: torch.dtype) -> Tiling:
+    """Tile plus a region_h x region_w region, walked in chunks of
+    _REGION_CHUNK pixels, or in one power of two (at least 16, the smallest
+    tl.dot size) when smaller."""
+    size = region_h * region_w
+    chunk = min(_REGION_CHUNK[dtype], max(16, triton.next_power_of_2(size)))
+    return Tiling(tile[0], tile[1], region_w, size, chunk)
 
 
 def query_tiling(kernel_size: int, stride: int, head_dim: int,
                  dtype: torch.dtype) -> Tiling:
-    """Forward and dQ: a tile of queries against one row of key slots per
-    step, the row their windows cover (stride * (tile_w - 1) + kernel_size
-    slots, 14 for 2 x 8 queries and 7 x 7 windows: a chunk of 16).
+    """Output tile and its key region (tile footprint dilated by pad).
 
-    A query computes loop_rows * chunk_w logits for its kernel_size ** 2.
-    16 queries (2 x 8; 4 x 4 at stride 2, which spreads the windows)
-    compute 128 for 49 at stride 1. Wide heads (64, 128 channels) take
-    taller tiles, 4 or 8 rows (8 x 4 at stride 2): more logits wasted, but
-    fewer reloads of the key slots, which then cost more than the logits.
+    Stride 1: 8 x 8 queries (a 64-row tensor-core tile), 4 x 8 for the
+    widest operands. Stride 2 spreads the footprint, so 4 x 8 (4 x 4 for
+    kernel 7) keeps the region, and the logits wasted on keys out of reach,
+    small. 16 queries is the smallest tl.dot.
     """
-    wide = head_dim > 32
     if stride == 1:
-        tile_h, tile_w = ((4 if head_dim <= 64 else 8) if wide else 2), 8
+        wide = _operand_width(head_dim, dtype) > 128
+        block_h, block_w = (4, 8) if wide else (8, 8)
     else:
-        tile_h, tile_w = (8 if wide else 4), 4
-    return Tiling(tile_h, tile_w,
-                  stride * (tile_h - 1) + kernel_size,
-                  _chunk(stride * (tile_w - 1) + kernel_size))
+        block_h, block_w = (4, 4) if kernel_size == 7 else (4, 8)
+    return _tiling((block_h, block_w),
+                   stride * (block_h - 1) + kernel_size,
+                   stride * (block_w - 1) + kernel_size, dtype)
 
 
 def key_tiling(kernel_size: int, stride: int, head_dim: int,
                dtype: torch.dtype) -> Tiling:
-    """dK/dV: a tile of key slots (2 x 8; 4 x 8 for wide heads) against one
-    row of the queries whose windows cover them per step (at most
-    (tile_w - 1 + 2 * pad) // stride + 1 queries)."""
-    tile_h, tile_w = (4 if head_dim > 32 else 2), 8
-    reach = 2 * (kernel_size // 2)
-    return Tiling(tile_h, tile_w, (tile_h - 1 + reach) // stride + 1,
-                  _chunk((tile_w - 1 + reach) // stride + 1))
+    """Key tile and the region of output pixels that can reach it (input
+    position within pad of the tile; the largest count over alignments).
+
+    8 x 8 keys, fewer for wide operands: the program keeps fp32 dK and dV
+    accumulators for all its keys.
+    """
+    width = _operand_width(head_dim, dtype)
+    if width <= 64:
+        block_h, block_w = 8, 8
+    else:
+        block_h, block_w = (4, 8) if width <= 128 else (4, 4)
+    return _tiling((block_h, block_w),
+                   (block_h + kernel_size - 2) // stride + 1,
+                   (block_w + kernel_size - 2) // stride + 1, dtype)
 
 
 def head_block(head_dim: int) -> int:
@@ -620,7 +578,7 @@ class LaunchPlan(NamedTuple):
 class KernelSpec(NamedTuple):
     """A kernel, the tiling its launcher gives it and its other constexpr
     arguments (used to compile the kernels ahead of time), and whether its
-    programs tile the output (queries) or the padded input (key slots)."""
+    programs tile the output (queries) or the input (keys)."""
     kernel: Callable
     tiling: Callable[[int, int, int, torch.dtype], Tiling]
     extra_meta: Dict[str, bool]
@@ -632,18 +590,11 @@ class KernelSpec(NamedTuple):
         """Grid and hot-loop trips for (B, heads, D, H, W) inputs."""
         batch, heads, head_dim, height, width = shape
         tiling = self.tiling(kernel_size, stride, head_dim, dtype)
-        return LaunchPlan(
-            batch * heads * _tile_count(
-                *self.grid_shape(height, width, kernel_size, stride), tiling),
-            tiling.loop_rows)
-
-    def grid_shape(self, height: int, width: int, kernel_size: int,
-                   stride: int) -> Tuple[int, int]:
-        """Rows and columns of what the programs tile."""
+        rows, cols = height, width
         if self.tiles_queries:
-            return math.ceil(height / stride), math.ceil(width / stride)
-        pad = kernel_size // 2
-        return height + 2 * pad, width + 2 * pad
+            rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+        return LaunchPlan(batch * heads * _tile_count(rows, cols, tiling),
+                          triton.cdiv(tiling.region_size, tiling.block_region))
 
 
 KERNELS = {
@@ -656,39 +607,56 @@ KERNELS = {
     KernelSpec(_grad_key_value_kernel, key_tiling, {}, False),
 }
 
-# (num_warps, num_stages) candidates of the autotuner (8 warps never: Triton
-# 2.2 to 3.1 abort on some 8-warp kernels for Hopper).
-TUNING_CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2))
+# (num_warps, num_stages) candidates of the autotuner.
+TUNING_CONFIGS = ((4, 1), (4, 2), (8, 1), (8, 2))
 # 'W,S' pins the kernels to the tuning config (W, S): no autotuning, e.g. for
 # a test run that compiles every variant once instead of once per config.
 TUNING_CONFIG_ENV = 'ACMIX_TUNING_CONFIG'
 
 
-def tuning_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
-    """The TUNING_CONFIGS the autotuner tries for ``head_dim``: those whose
-    registers hold the tiles without spilling (sm_90, 16-bit dtypes): 1 or
-    2 warps up to 32 channels, 2 or 4 for 64, 4 for 128."""
-    warps = (1, 2) if head_dim <= 32 else (2, 4) if head_dim <= 64 else (4, )
-    return tuple(config for config in TUNING_CONFIGS if config[0] in warps)
+def tuning_configs(device: torch.device) -> Tuple[Tuple[int, int], ...]:
+    """The TUNING_CONFIGS this Triton can compile for ``device``.
+
+    Triton 2.2 to 3.1 abort the process (an assertion in the compiler, out
+    of reach of any exception handler) on some of the kernels with 8 warps
+    for Hopper (sm_90) and newer GPUs; fixed in Triton 3.2.
+    """
+    if (device.type == 'cuda' and (2, 2) <= _TRITON_VERSION < (3, 2)
+            and torch.cuda.get_device_capability(device)[0] >= 9):
+        return tuple(config for config in TUNING_CONFIGS if config[0] == 4)
+    return TUNING_CONFIGS
 
 
-def _autotuned(spec: KernelSpec, configs: Tuple[Tuple[int, int], ...]):
-    """``spec.kernel`` autotuned over ``configs`` on GPUs, keyed only by
+def _compilable(configs: list, *args, **kwargs) -> list:
+    """Autotuner config pruning: those of :func:`tuning_configs` for the
+    current GPU (the launch's)."""
+    allowed = tuning_configs(torch.device('cuda', torch.cuda.current_device()))
+    return [
+        config for config in configs
+        if (config.num_warps, config.num_stages) in allowed
+    ]
+
+
+def _autotuned(spec: KernelSpec):
+    """``spec.kernel`` autotuned over TUNING_CONFIGS on GPUs, keyed only by
     (head dim, kernel size, stride, its extra constexprs) and the dtypes;
     the interpreter runs the kernel as is."""
     if interpreter_active():
         return spec.kernel
-    candidates = [
+    configs = [
         triton.Config({}, num_warps=warps, num_stages=stages)
-        for warps, stages in configs
+        for warps, stages in TUNING_CONFIGS
     ]
     key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *spec.extra_meta]
-    return triton.autotune(candidates, key=key)(spec.kernel)
+    return triton.autotune(
+        configs, key=key, prune_configs_by={'early_config_prune':
+                                            _compilable})(
+                                                spec.kernel)
 
 
-# Autotuned kernels by name and configs, made at their first launch: Triton
-# 3.2 and 3.3 need a GPU driver to make an autotuner.
-_AUTOTUNED: Dict[Tuple[str, tuple], Callable] = {}
+# Autotuned kernels by name, made at their first launch: Triton 3.2 and 3.3
+# need a GPU driver to make an autotuner.
+_AUTOTUNED: Dict[str, Callable] = {}
 # The tuning config each kernel last ran with (None: interpreter).
 _LAST_CONFIGS: Dict[str, Optional[Tuple[int, int]]] = {}
 
@@ -751,18 +719,23 @@ def _launch(name: str,
     num_stages), else the pinned config, else the autotuner's choice.
 
     Raises:
+        ValueError: a pinned or given config this Triton cannot compile
+            for the GPU (:func:`tuning_configs`).
         KernelError: the kernel failed to compile or launch; a CUDA
             out-of-memory error passes through unchanged.
     """
     config = config or pinned_tuning_config()
+    if config is not None and config not in tuning_configs(q.device):
+        raise ValueError(
+            f'tuning config {config} would crash the compiler of Triton '
+            f'{triton.__version__} on this GPU; use one of '
+            f'{tuning_configs(q.device)}')
     try:
         with _device_guard(q):
             if config is None:
-                configs = tuning_configs(meta['HEAD_DIM'])
-                if (name, configs) not in _AUTOTUNED:
-                    _AUTOTUNED[name,
-                               configs] = _autotuned(KERNELS[name], configs)
-                kernel = _AUTOTUNED[name, configs]
+                if name not in _AUTOTUNED:
+                    _AUTOTUNED[name] = _autotuned(KERNELS[name])
+                kernel = _AUTOTUNED[name]
                 kernel[grid](*args, **meta)
                 best = getattr(kernel, 'best_config', None)
                 _LAST_CONFIGS[name] = best and (best.num_warps,
@@ -774,20 +747,14 @@ def _launch(name: str,
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as error:
-        raise _kernel_error(name, q, meta, _variant(q, meta), error) from error
-
-
-def _kernel_error(name: str, q: Tensor, meta: dict, variant: tuple,
-                  error: Exception) -> 'KernelError':
-    """KernelError for kernel ``name`` launched on ``q``'s device with
-    constexprs ``meta``."""
-    device = torch.cuda.get_device_name(q.device) if q.is_cuda \
-        else str(q.device)
-    return KernelError(
-        f'the fused {name} kernel failed to compile or launch on {device} '
-        f'(Triton {triton.__version__}; {q.dtype}, head_dim '
-        f'{meta["HEAD_DIM"]}, kernel_size {meta["KERNEL_SIZE"]}): '
-        f'{type(error).__name__}: {error}', variant)
+        device = torch.cuda.get_device_name(q.device) if q.is_cuda \
+            else str(q.device)
+        raise KernelError(
+            f'the fused {name} kernel failed to compile or launch on '
+            f'{device} (Triton {triton.__version__}; {q.dtype}, head_dim '
+            f'{meta["HEAD_DIM"]}, kernel_size {meta["KERNEL_SIZE"]}, stride '
+            f'{meta["STRIDE"]}): {type(error).__name__}: {error}',
+            _variant(q, meta)) from error
 
 
 def _strides(tensor: Tensor) -> Tuple[int, ...]:
@@ -871,8 +838,8 @@ def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
 
 def _tile_count(rows: int, cols: int, tiling: Tiling) -> int:
     """Number of tiles covering a rows x cols grid."""
-    return (triton.cdiv(rows, tiling.tile_h) *
-            triton.cdiv(cols, tiling.tile_w))
+    return (triton.cdiv(rows, tiling.block_h) *
+            triton.cdiv(cols, tiling.block_w))
 
 
 def local_attention_forward(
@@ -1018,13 +985,7 @@ def local_attention_backward(
         COMPUTE_GRAD_Q=need_grad_q)
     if need_grad_kv:
         tiling = key_tiling(kernel_size, stride, head_dim, q.dtype)
-        pad = kernel_size // 2
-        grid = (maps *
-                _tile_count(height + 2 * pad, width + 2 * pad, tiling), )
-        slots_k, slots_v = torch.empty(
-            (2, maps, head_dim, height + 2 * pad, width + 2 * pad),
-            dtype=torch.float32,
-            device=q.device).unbind(0)
+        grid = (maps * _tile_count(height, width, tiling), )
         _launch(
             'grad_key_value',
             q,
@@ -1037,8 +998,6 @@ def local_attention_backward(
             delta,
             grad_k,
             grad_v,
-            slots_k,
-            slots_v,
             *_strides(q),
             *_strides(k),
             *_strides(v),
@@ -1049,89 +1008,4 @@ def local_attention_backward(
             config=config,
             **common,
             **tiling.as_meta())
-        variant = _variant(q, common)
-        _fold_mirror_images(slots_k, grad_k, kernel_size, variant)
-        _fold_mirror_images(slots_v, grad_v, kernel_size, variant)
     return grad_q, grad_k, grad_v
-
-
-# Launch geometry of the fold: pixels per program, warps.
-_FOLD_BLOCK_PIXELS, _FOLD_WARPS = 32, 4
-
-
-class _MirroredPixels(NamedTuple):
-    """The mirrored pixels of a map (as y * W + x) and each row's and
-    column's padded positions (-1 filled to the widest)."""
-    pixels: Tensor
-    row_images: Tensor
-    col_images: Tensor
-
-
-def _axis_images(size: int, pad: int) -> Tuple[list, list]:
-    """Padded positions of each pixel of an axis (-1 filled to the widest),
-    and whether each pixel has more than one (is mirrored)."""
-    source_of = reflect_index(size, pad).tolist()
-    images = [[
-        position for position, source in enumerate(source_of)
-        if source == pixel
-    ] for pixel in range(size)]
-    widest = max(len(positions) for positions in images)
-    table = [
-        positions + [-1] * (widest - len(positions)) for positions in images
-    ]
-    return table, [len(positions) > 1 for positions in images]
-
-
-@functools.lru_cache(maxsize=64)
-def _mirrored_pixels(height: int, width: int, pad: int,
-                     device: torch.device) -> _MirroredPixels:
-    """:class:`_MirroredPixels` of an H x W map padded by ``pad``."""
-    rows, row_mirrored = _axis_images(height, pad)
-    cols, col_mirrored = _axis_images(width, pad)
-    pixels = [
-        y * width + x for y in range(height) for x in range(width)
-        if row_mirrored[y] or col_mirrored[x]
-    ]
-    return _MirroredPixels(
-        *(torch.tensor(values, dtype=torch.int32, device=device)
-          for values in (pixels, rows, cols)))
-
-
-def _fold_mirror_images(slots: Tensor, grad: Tensor, kernel_size: int,
-                        variant: tuple) -> None:
-    """Write into ``grad`` (B, heads, D, H, W) the gradient of each mirrored
-    pixel: the sum of the float32 gradients that the dK/dV kernel left in
-    ``slots`` (B * heads, D, H + 2 pad, W + 2 pad) at its padded positions.
-    The kernel wrote the other pixels' gradients into ``grad`` itself."""
-    batch, heads, head_dim, height, width = grad.shape
-    mirrored = _mirrored_pixels(height, width, kernel_size // 2, grad.device)
-    count = mirrored.pixels.numel()
-    if count == 0:
-        return
-    meta = dict(
-        HEAD_DIM=head_dim,
-        KERNEL_SIZE=kernel_size,
-        BLOCK_D=head_block(head_dim),
-        BLOCK_PIXELS=_FOLD_BLOCK_PIXELS,
-        ROW_IMAGES=mirrored.row_images.shape[1],
-        COL_IMAGES=mirrored.col_images.shape[1])
-    grid = (batch * heads * triton.cdiv(count, _FOLD_BLOCK_PIXELS), )
-    try:
-        with _device_guard(grad):
-            _fold_mirror_images_kernel[grid](
-                slots,
-                grad,
-                *mirrored,
-                *_strides(grad),
-                heads,
-                height,
-                width,
-                count,
-                **meta,
-                num_warps=_FOLD_WARPS,
-                num_stages=1)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except Exception as error:
-        raise _kernel_error('dK/dV fold', grad, meta, variant, error) \
-            from error
