@@ -153,7 +153,7 @@ def test_failed_kernel_falls_back_to_reference(monkeypatch, kernel):
         for _ in range(3):
             out = triton_backend.local_attention(
                 q, k, v, 5, 2, SCALE, fallback=True)
-            grad_out = torch.randn(out.shape)
+            grad_out = torch.randn(out.shape).to(out)
             grads = torch.autograd.grad(out, (q, k, v), grad_out)
             expected_out, expected_grads = reference_and_grads(
                 q, k, v, 5, 2, grad_out)
