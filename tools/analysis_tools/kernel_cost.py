@@ -287,7 +287,7 @@ def occupancy(gpu: Gpu, registers: int, num_warps: int, shared_bytes: int,
         return Occupancy(
             0, 0, 0.0,
             'registers' if registers > MAX_REGISTERS_PER_THREAD else 'shared')
-    registers_per_warp = round_up(max(registers, 1) * 32, REGISTER_UNIT)
+    registers_per_warp = round_up(registers * 32, REGISTER_UNIT)
     warps_by_registers = (
         REGISTERS_PER_SM // registers_per_warp // WARP_ALLOCATION_UNIT *
         WARP_ALLOCATION_UNIT)
@@ -571,9 +571,8 @@ def select_shapes(names: Sequence[str]) -> List[OpShape]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0],
-        epilog='The model: see the module docstring; every assumption is '
-        'printed at the top of the report.')
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         '--arch',
         nargs='+',
@@ -586,7 +585,8 @@ def parse_args() -> argparse.Namespace:
         '--dtypes',
         nargs='+',
         choices=list(DTYPE_NAMES),
-        default=list(DTYPE_NAMES))
+        default=list(DTYPE_NAMES),
+        help='default: all')
     parser.add_argument(
         '--head-dims',
         nargs='+',
@@ -599,7 +599,8 @@ def parse_args() -> argparse.Namespace:
         nargs='+',
         type=int,
         default=sorted({shape.stride
-                        for shape in BENCHMARK_SHAPES}))
+                        for shape in BENCHMARK_SHAPES}),
+        help='default: those of the benchmark shapes')
     parser.add_argument(
         '--kernel-size',
         type=int,
@@ -613,7 +614,11 @@ def parse_args() -> argparse.Namespace:
         help='the variant for maps with a side of at most kernel_size // 2 '
         '(no benchmark shape has one)')
     parser.add_argument(
-        '--kernels', nargs='+', choices=list(KERNELS), default=list(KERNELS))
+        '--kernels',
+        nargs='+',
+        choices=list(KERNELS),
+        default=list(KERNELS),
+        help='default: all')
     parser.add_argument(
         '--tuning-configs',
         nargs='+',
@@ -720,11 +725,28 @@ def print_op_roofline(archs: Sequence[int], shapes: Sequence[OpShape],
             for arch in archs))
 
 
+# The table's columns after the variant: header, record field, width,
+# format spec.
+TABLE_COLUMNS = (
+    ('loop', 'loop_instructions', 6, ''),
+    ('total', 'total_instructions', 6, ''),
+    ('trips', 'loop_trips', 6, ''),
+    ('instr/logit', 'instructions_per_useful_logit', 12, '.0f'),
+    ('regs', 'registers', 5, ''),
+    ('spill', 'spill_bytes', 6, ''),
+    ('smem B', 'shared_bytes', 7, ''),
+    ('occ', 'occupancy', 5, '.2f'),
+    ('model us', 'modelled_us', 9, '.1f'),
+    ('roof us', 'roofline_us', 8, '.1f'),
+    ('x roof', 'modelled_over_roofline', 7, '.1f'),
+    ('bound', 'bound', 6, ''),
+    ('meas us', 'measured_us', 8, '.1f'),
+    ('meas/model', 'measured_over_modelled', 11, '.2f'),
+)
 TABLE_HEADER = (f'{"kernel":<15}{"dtype":<6}{"D":>4}{"s":>2}{"W,S":>5} '
-                f'{"shape":<15}{"loop":>6}{"total":>6}{"trips":>6}'
-                f'{"instr/logit":>12}{"regs":>5}{"spill":>6}{"smem KB":>8}'
-                f'{"occ":>6}{"model us":>10}{"roof us":>9}{"bound":>6}'
-                f'{"meas us":>9}{"meas/model":>11}')
+                f'{"shape":<15}' +
+                ''.join(f'{header:>{width}}'
+                        for header, _, width, _ in TABLE_COLUMNS))
 
 
 def format_record(record: dict) -> str:
@@ -735,22 +757,9 @@ def format_record(record: dict) -> str:
             f'{dash_if_none(record["shape"]):<15}')
     if record['error']:
         return f'{head}FAILED: {record["error"]}'
-    shared = record['shared_bytes'] / 1024
     flag = '  DOES NOT FIT' if record['fits'] is False else ''
-    return (
-        f'{head}{dash_if_none(record["loop_instructions"]):>6}'
-        f'{dash_if_none(record["total_instructions"]):>6}'
-        f'{dash_if_none(record["loop_trips"]):>6}'
-        f'{dash_if_none(record["instructions_per_useful_logit"], ".0f"):>12}'
-        f'{dash_if_none(record["registers"]):>5}'
-        f'{dash_if_none(record["spill_bytes"]):>6}{shared:>8.1f}'
-        f'{dash_if_none(record["occupancy"], ".2f"):>6}'
-        f'{dash_if_none(record["modelled_us"], ".1f"):>10}'
-        f'{dash_if_none(record["roofline_us"], ".1f"):>9}'
-        f'{dash_if_none(record["bound"]):>6}'
-        f'{dash_if_none(record["measured_us"], ".1f"):>9}'
-        f'{dash_if_none(record["measured_over_modelled"], ".2f"):>11}'
-        f'{flag}')
+    return head + ''.join(f'{dash_if_none(record[field], spec):>{width}}'
+                          for _, field, width, spec in TABLE_COLUMNS) + flag
 
 
 def main() -> None:
