@@ -226,17 +226,50 @@ def test_measured_times_from_a_benchmark(kernel_cost):
     assert matched['measured_over_modelled'] == pytest.approx(318.7442 / 250.0)
 
 
+def run_tool(*args: str, **environment: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), *args],
+                          capture_output=True,
+                          text=True,
+                          env=dict(
+                              os.environ, PYTHONPATH=str(REPO), **environment),
+                          timeout=600)
+
+
+def output_tail(result: subprocess.CompletedProcess) -> str:
+    return result.stdout[-3000:] + result.stderr[-3000:]
+
+
 def test_help_documents_the_options():
-    result = subprocess.run(
-        [sys.executable, str(TOOL), '--help'],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = run_tool('--help')
     assert result.returncode == 0, result.stderr
     for option in ('--arch', '--dtypes', '--head-dims', '--strides',
                    '--kernels', '--tuning-configs', '--shapes', '--jobs',
                    '--json', '--measured'):
         assert option in result.stdout
+
+
+def test_unsupported_head_dim_is_named():
+    result = run_tool('--head-dims', '12')
+    assert result.returncode == 2
+    assert 'got 12' in result.stderr
+
+
+def test_a_variant_that_fails_to_compile_exits_1(kernel_cost, tmp_path):
+    """A Triton cache directory that cannot be made fails the compile."""
+    report = tmp_path / 'cost.json'
+    config = '{},{}'.format(*kernel_cost.TUNING_CONFIGS[0])
+    variant = '--kernels forward --dtypes float16 --head-dims 16 --strides 1'
+    result = run_tool(
+        *variant.split(),
+        '--tuning-configs',
+        config,
+        '--json',
+        str(report),
+        TRITON_CACHE_DIR=os.devnull + '/cache')
+    assert result.returncode == 1, output_tail(result)
+    assert 'FAILED' in result.stdout and '1 failed' in result.stdout
+    record, = json.loads(report.read_text())
+    assert record['error'] and record['modelled_us'] is None
 
 
 @pytest.mark.skipif(
@@ -248,20 +281,12 @@ def test_one_variant_end_to_end(kernel_cost, tmp_path):
     coco shape), the first tuning config, for sm_90."""
     num_warps, num_stages = kernel_cost.TUNING_CONFIGS[0]
     report = tmp_path / 'cost.json'
-    result = subprocess.run([
-        sys.executable,
-        str(TOOL), '--kernels', 'forward', '--dtypes', 'bfloat16',
-        '--head-dims', '16', '--strides', '1', '2', '--tuning-configs',
-        f'{num_warps},{num_stages}', '--arch', '90', '--json',
-        str(report), '--measured',
-        str(MEASURED)
-    ],
-                            capture_output=True,
-                            text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + \
-        result.stderr[-3000:]
+    result = run_tool('--kernels', 'forward', '--dtypes', 'bfloat16',
+                      '--head-dims', '16', '--strides', '1', '2',
+                      '--tuning-configs', f'{num_warps},{num_stages}',
+                      '--arch', '90', '--json', str(report), '--measured',
+                      str(MEASURED))
+    assert result.returncode == 0, output_tail(result)
     assert 'H100 SXM' in result.stdout and '3.35 TB/s' in result.stdout
     records = {
         record['stride']: record

@@ -5,7 +5,8 @@ compiled ahead of time for the architecture (as compile_kernels.py does, in
 a forked worker), and its SASS is read with the cuobjdump Triton ships. The
 hot loop is the code between a backward branch and its target (the kernels
 have one runtime loop; where the SASS has several backward branches, the one
-with the largest body, and the record counts them). At each benchmark shape
+with the largest body, and the record counts them; where it has none, the
+compiler unrolled the loop into the total). At each benchmark shape
 of the variant's head dim and stride (benchmark_acmix.py's), a program
 issues ``(total - loop) + loop * loop_trips`` instructions (``launch_plan``
 gives the grid and the trips), for each of its 32 * num_warps threads. The
@@ -56,8 +57,10 @@ from compile_kernels import (CUOBJDUMP_PATHS, DTYPE_NAMES,
                              parse_tuning_config, triton_compiler)
 
 import acmix_mm.ops.triton_kernels as triton_kernels
-from acmix_mm.ops.triton_kernels import (KERNELS, SUPPORTED_KERNEL_SIZES,
-                                         TUNING_CONFIGS)
+from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNELS,
+                                         MAX_HEAD_DIM, MIN_HEAD_DIM,
+                                         SUPPORTED_KERNEL_SIZES,
+                                         SUPPORTED_STRIDES, TUNING_CONFIGS)
 
 BENCHMARK_SHAPES = COCO_SHAPES + IMAGENET_SHAPES
 
@@ -230,7 +233,8 @@ def profile_sass(text: str) -> SassProfile:
     """Total and hot-loop instruction counts of ``cuobjdump -sass``
     output. The hot loop runs from a backward branch's target to the
     branch; with several backward branches, the one with the largest
-    body. No backward branch: an empty loop."""
+    body. No backward branch (the compiler unrolled the loop, whose
+    iterations are then all in the total): an empty loop."""
     instructions = parse_sass(text)
     loops = []
     for instruction in instructions:
@@ -598,6 +602,7 @@ def parse_args() -> argparse.Namespace:
         '--strides',
         nargs='+',
         type=int,
+        choices=list(SUPPORTED_STRIDES),
         default=sorted({shape.stride
                         for shape in BENCHMARK_SHAPES}),
         help='default: those of the benchmark shapes')
@@ -654,6 +659,12 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error('--jobs must be at least 1')
+    for head_dim in args.head_dims:
+        if (not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM
+                or head_dim % HEAD_DIM_MULTIPLE):
+            parser.error(
+                f'head dims must be multiples of {HEAD_DIM_MULTIPLE} '
+                f'in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}')
     return args
 
 
@@ -694,7 +705,8 @@ def print_assumptions(archs: Sequence[int], dtypes: Sequence[str]) -> None:
     print('- Instructions: per program (total - loop) + loop * loop_trips '
           '(static SASS counts, NOPs left out; the hot loop: from a '
           'backward branch to its target, the largest where there are '
-          'several), each issued by 32 * num_warps threads; likewise the '
+          'several; none: unrolled, all in the total), each issued by '
+          '32 * num_warps threads; likewise the '
           'MUFU instructions. Useful logits: queries * kernel_size^2.')
     print('- Time: max(issue, MUFU, DRAM); no latency, waves or occupancy '
           'effect. DRAM = roofline = compulsory bytes / peak bandwidth.')
