@@ -166,6 +166,22 @@ def test_model_time_on_h100(kernel_cost, instructions, mufu, traffic_bytes,
         assert time.dram_us is None
 
 
+def test_matching_shapes(kernel_cost):
+
+    def names(head_dim: int, stride: int, kernel_size: int = 7) -> list:
+        variant = kernel_cost.Variant('forward', 'bfloat16', head_dim,
+                                      kernel_size, stride, False, 4, 1)
+        return [
+            shape.name for shape in kernel_cost.matching_shapes(
+                variant, kernel_cost.BENCHMARK_SHAPES)
+        ]
+
+    assert names(32, 2) == ['coco/stage2.0', 'in224/stage2.0']
+    assert names(32, 1) == ['coco/stage2', 'in224/stage2']
+    assert names(16, 2) == []
+    assert names(16, 1, kernel_size=5) == []
+
+
 def test_shape_record_scales_the_loop_by_its_trips(kernel_cost):
     shapes = {shape.name: shape for shape in kernel_cost.BENCHMARK_SHAPES}
     record = dict(

@@ -358,13 +358,17 @@ def model_time(gpu: Gpu, thread_instructions: float,
 
 def matching_shapes(variant: Variant,
                     shapes: Sequence[OpShape]) -> List[OpShape]:
-    """The shapes that launch ``variant``."""
-    return [
-        shape for shape in shapes if shape.channels //
-        HEADS == variant.head_dim and shape.stride == variant.stride
-        and variant.kernel_size == KERNEL and variant.small_map == (
-            min(shape.height, shape.width) <= variant.kernel_size // 2)
-    ]
+    """The shapes that launch ``variant`` (benchmark shapes run the op
+    with window KERNEL)."""
+
+    def launches(shape: OpShape) -> bool:
+        small_map = min(shape.height, shape.width) <= variant.kernel_size // 2
+        return (shape.channels // HEADS == variant.head_dim
+                and shape.stride == variant.stride
+                and variant.kernel_size == KERNEL
+                and variant.small_map == small_map)
+
+    return [shape for shape in shapes if launches(shape)]
 
 
 VARIANT_FIELDS = ('total_instructions', 'loop_instructions',
@@ -468,11 +472,10 @@ MeasuredTimes = Dict[Tuple[str, str, str, int, int], float]
 def measured_arch(device: str) -> Optional[int]:
     """The modelled architecture whose GPU is ``device`` (a torch device
     name), None if it is none of GPUS."""
-    return next(
-        (arch
-         for arch, gpu in GPUS.items() if any(name in device
-                                              for name in gpu.device_names)),
-        None)
+    for arch, gpu in GPUS.items():
+        if any(name in device for name in gpu.device_names):
+            return arch
+    return None
 
 
 def load_measured(path: str) -> Tuple[str, MeasuredTimes]:
@@ -506,15 +509,17 @@ def attach_measured(records: Iterable[dict], arch: int,
         if record['arch'] != arch or key not in times:
             continue
         record['measured_us'] = times[key]
-        if record['modelled_us']:
+        if record['modelled_us'] is not None:
             record['measured_over_modelled'] = (
                 times[key] / record['modelled_us'])
         matched += 1
     return matched
 
 
-def analyse_variants(compile_fn: CompileFn, tasks: Sequence[Tuple[int,
-                                                                  Variant]],
+Task = Tuple[int, Variant]  # (arch, variant)
+
+
+def analyse_variants(compile_fn: CompileFn, tasks: Sequence[Task],
                      jobs: int) -> List[dict]:
     """:func:`variant_record` of each (arch, variant), in task order.
 
@@ -529,10 +534,10 @@ def analyse_variants(compile_fn: CompileFn, tasks: Sequence[Tuple[int,
 
     def analyse_share(indices: Sequence[int]) -> None:
         for arch, group in itertools.groupby(indices, lambda i: tasks[i][0]):
-            group = list(group)
+            same_arch = list(group)
             rows = compile_in_worker(compile_fn, arch,
-                                     (tasks[i][1] for i in group))
-            for index, row in zip(group, rows):
+                                     (tasks[i][1] for i in same_arch))
+            for index, row in zip(same_arch, rows):
                 variant = tasks[index][1]
                 sass = None
                 if row['error'] is None:
@@ -789,7 +794,7 @@ def main() -> None:
     variants = analyse_variants(compile_fn, tasks, args.jobs)
     records = [
         shape_record(record, shape)
-        for (arch, variant), record in zip(tasks, variants)
+        for (_, variant), record in zip(tasks, variants)
         for shape in matching_shapes(variant, shapes) or [None]
     ]
     print_assumptions(args.arch, args.dtypes)
@@ -808,8 +813,10 @@ def main() -> None:
                   f'config)')
     print_op_roofline(args.arch, shapes, args.dtypes)
     for arch in args.arch:
-        print(f'\nsm_{arch} ({GPUS[arch].name}): loop/total: static '
-              f'instructions; occ: resident warps / {MAX_WARPS_PER_SM}')
+        print(f'\nsm_{arch} ({GPUS[arch].name}): loop, total: static '
+              f'instructions; occ: resident warps / {MAX_WARPS_PER_SM}; '
+              f'x roof: modelled / roofline; meas/model: measured / '
+              f'modelled')
         print(TABLE_HEADER)
         for record in records:
             if record['arch'] == arch:
