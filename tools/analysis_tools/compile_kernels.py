@@ -266,13 +266,19 @@ def triton_compiler() -> CompileFn:
              f'not supported; supported: 2.1, 2.2 and >= 3.3')
 
 
+def find_cuobjdump() -> Optional[str]:
+    """The cuobjdump that ships with Triton, None where it ships none."""
+    paths = (
+        os.path.join(os.path.dirname(triton.__file__), path)
+        for path in CUOBJDUMP_PATHS)
+    return next((path for path in paths if os.path.isfile(path)), None)
+
+
 def resource_usage(cubin: bytes) -> Dict[str, Optional[int]]:
     """Registers and stack bytes per thread, read with the cuobjdump that
     ships with Triton (None where it is missing)."""
     usage = dict(registers=None, stack_bytes=None)
-    root = os.path.dirname(triton.__file__)
-    cuobjdump = next((os.path.join(root, path) for path in CUOBJDUMP_PATHS
-                      if os.path.isfile(os.path.join(root, path))), None)
+    cuobjdump = find_cuobjdump()
     if cuobjdump is None:
         return usage
     with tempfile.NamedTemporaryFile(suffix='.cubin') as file:

@@ -34,7 +34,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -51,10 +50,10 @@ import torch
 import triton
 from benchmark_acmix import (COCO_SHAPES, HEADS, IMAGENET_SHAPES, KERNEL,
                              OpShape)
-from compile_kernels import (CUOBJDUMP_PATHS, DTYPE_NAMES,
-                             SHARED_MEMORY_LIMITS, CompileFn, Variant,
-                             compile_in_worker, kernel_launch,
-                             parse_tuning_config, triton_compiler)
+from compile_kernels import (DTYPE_NAMES, SHARED_MEMORY_LIMITS, CompileFn,
+                             Variant, compile_in_worker, find_cuobjdump,
+                             kernel_launch, parse_tuning_config,
+                             triton_compiler)
 
 import acmix_mm.ops.triton_kernels as triton_kernels
 from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNELS,
@@ -256,14 +255,6 @@ def class_counts(instructions: Iterable[Instruction]) -> Dict[str, int]:
     for instruction in instructions:
         counts[instruction_class(instruction.opcode)] += 1
     return counts
-
-
-def find_cuobjdump() -> Optional[str]:
-    """The cuobjdump that ships with Triton, None where it ships none."""
-    paths = (
-        os.path.join(os.path.dirname(triton.__file__), path)
-        for path in CUOBJDUMP_PATHS)
-    return next((path for path in paths if os.path.isfile(path)), None)
 
 
 def dump_sass(cubin: bytes) -> Optional[str]:
