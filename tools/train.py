@@ -5,6 +5,7 @@ The config's ``default_scope`` decides the task. Examples:
     python tools/train.py configs/toy/acmix-r26-mini_upernet_toy-ade20k.py
     python tools/train.py CONFIG --resume                 # latest checkpoint
     python tools/train.py CONFIG --resume work_dirs/x/iter_400.pth
+    python tools/train.py CONFIG --auto-scale-lr  # lr x batch / base batch
     bash tools/dist_train.sh CONFIG 8                    # torchrun, 8 GPUs
 """
 import argparse
@@ -42,6 +43,11 @@ def parse_args() -> argparse.Namespace:
         help="torch.compile the model's train_step "
         "(mmengine's compile=True)")
     parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help="scale the learning rate by the total batch size over the "
+        "config's auto_scale_lr.base_batch_size")
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -72,6 +78,26 @@ class PlainParamGroupsHook(Hook):
             groups[:] = [dict(group) for group in groups]
 
 
+def enable_auto_scale_lr(cfg: Config, config_path: str) -> None:
+    """Turn on mmengine's learning-rate scaling (as mmdet's --auto-scale-lr):
+    the runner multiplies the learning rate by (processes x
+    train_dataloader.batch_size) / auto_scale_lr.base_batch_size."""
+    auto_scale_lr = cfg.get('auto_scale_lr')
+    if auto_scale_lr is None:
+        problem = 'no auto_scale_lr'
+    elif not isinstance(auto_scale_lr, dict) or \
+            not auto_scale_lr.get('base_batch_size'):
+        problem = f'auto_scale_lr = {auto_scale_lr!r} without base_batch_size'
+    else:
+        auto_scale_lr.enable = True
+        return
+    raise SystemExit(
+        f'error: --auto-scale-lr needs auto_scale_lr = '
+        f'dict(base_batch_size=N) in the config, N being the total batch size '
+        f'its learning rate was set for; {config_path} has {problem} (add '
+        f'it, or pass --cfg-options auto_scale_lr.base_batch_size=N)')
+
+
 def main() -> None:
     args = parse_args()
     trust_local_checkpoints()
@@ -97,6 +123,8 @@ def main() -> None:
         cfg.compile = cfg.get('compile') or {}
         if isinstance(cfg.compile, dict):
             cfg.compile.setdefault('dynamic', False)
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg, args.config)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume:

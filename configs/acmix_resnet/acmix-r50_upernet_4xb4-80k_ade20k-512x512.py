@@ -28,3 +28,7 @@ optim_wrapper = dict(
             'rate2': dict(decay_mult=0.),
             'conv_p': dict(decay_mult=0.),
         }))
+
+# The total batch size the learning rate is set for (4 GPUs x 4 images):
+# tools/train.py --auto-scale-lr scales it to other GPU counts.
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -21,3 +21,7 @@ optim_wrapper = dict(
         'rate1': dict(decay_mult=0.),
         'rate2': dict(decay_mult=0.),
     }))
+
+# The total batch size the learning rate is set for (8 GPUs x 2 images):
+# tools/train.py --auto-scale-lr scales it to other GPU counts.
+auto_scale_lr = dict(enable=False, base_batch_size=16)
