@@ -1,9 +1,11 @@
 """Checks that turn common config mistakes into clear errors."""
 import os.path as osp
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.fileio.backends import LocalBackend, backends, prefix_to_backends
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch import nn
 
@@ -28,11 +30,44 @@ def _datasets(cfg: Config,
                 yield loader, dataset
 
 
+def storage_backend(path: str, backend_args: Optional[dict]) -> str:
+    """Name of the mmengine file backend that reads ``path`` with these
+    ``backend_args``: ``'local'`` or e.g. ``'petrel'``, ``'http'``.
+
+    As mmengine's fileio decides: ``backend_args['backend']`` if given,
+    else the path's prefix (``s3://``, ``http://``, ...).
+    """
+    name = (backend_args or {}).get('backend')
+    if name is None:
+        prefix = str(path).split('://')[0] if '://' in str(path) else ''
+        # 'cluster:s3://bucket' names a petrel cluster before the prefix.
+        prefix = prefix.split(':')[-1]
+        backend = prefix_to_backends.get(prefix)
+        name = prefix or 'local'
+    else:
+        backend = backends.get(name)
+    if backend is not None and issubclass(backend, LocalBackend):
+        return 'local'
+    return name
+
+
 def check_data_roots(cfg: Config, loaders: Sequence[str]) -> None:
     """Raise FileNotFoundError naming the first missing data root, annotation
-    file or image folder of the datasets the given dataloaders read."""
+    file or image folder of the datasets the given dataloaders read.
+
+    Only local files are checked: a dataset read through another storage
+    backend (its ``backend_args``, or an ``s3://``, ``http://``... root) is
+    left to the dataset, which reports what it cannot read.
+    """
     for loader, dataset in _datasets(cfg, loaders):
         root = dataset.get('data_root') or ''
+        backend = storage_backend(root, dataset.get('backend_args'))
+        if backend != 'local':
+            print_log(
+                f'{loader}: data_root {root} is read through the {backend} '
+                'backend; not checked here',
+                logger='current')
+            continue
         if root and not osp.isdir(root):
             raise FileNotFoundError(
                 f'{loader}: data_root {osp.abspath(root)} does not exist; '
