@@ -1,8 +1,10 @@
-"""Train and evaluate Mask R-CNN and UperNet with ACmix backbones on the toy
-data, then print the metrics and where the pictures and checkpoints are.
+"""Train and evaluate Mask R-CNN, UperNet and a Hamburger head with ACmix
+backbones on the toy data, then print the metrics and where the curves,
+pictures and checkpoints are.
 
 Runs the same commands a user would: for each toy config
 ``tools/test.py --untrained`` (the baseline), ``tools/train.py``,
+``tools/analysis_tools/plot_curves.py`` (loss and validation curves),
 ``tools/test.py`` on the last checkpoint and
 ``tools/visualize_predictions.py``. Logs go to ``<work dir>/*.log``.
 
@@ -33,6 +35,11 @@ DEMOS = [
     dict(
         name='upernet',
         config='configs/toy/acmix-r26-mini_upernet_toy-ade20k.py',
+        images='data/toy_ade20k/images/validation',
+        metrics=['mIoU', 'aAcc']),
+    dict(
+        name='ham',
+        config='configs/toy/acmix-r26-mini_light-ham_toy-ade20k.py',
         images='data/toy_ade20k/images/validation',
         metrics=['mIoU', 'aAcc']),
 ]
@@ -84,6 +91,11 @@ def demo(spec: dict, root: str, pictures: int) -> dict:
     ], osp.join(work_dir, 'untrained.log'))
     run('train', [python, f'{TOOLS}/train.py', config, '--work-dir', work_dir],
         osp.join(work_dir, 'train.log'))
+    curves = osp.join(work_dir, 'curves.png')
+    run('curves', [
+        python, f'{TOOLS}/analysis_tools/plot_curves.py', work_dir, '--out',
+        curves, '--title', f'{spec["name"]}: {osp.basename(config)}'
+    ], osp.join(work_dir, 'curves.log'))
     checkpoint = last_checkpoint(work_dir)
     test_dir = osp.join(work_dir, 'test')
     run('test', [
@@ -99,6 +111,7 @@ def demo(spec: dict, root: str, pictures: int) -> dict:
         untrained=read_metrics(untrained_dir),
         trained=read_metrics(test_dir),
         checkpoint=checkpoint,
+        curves=curves,
         pictures=picture_dir)
 
 
@@ -122,10 +135,10 @@ def main() -> None:
     print()
     for spec in DEMOS:
         result = results[spec['name']]
-        checkpoint = osp.relpath(result['checkpoint'])
-        pictures = osp.relpath(result['pictures'])
-        print(f'{spec["name"]}: checkpoint {checkpoint}\n'
-              f'{" " * len(spec["name"])}  pictures   {pictures}/')
+        indent = ' ' * len(spec['name'])
+        print(f'{spec["name"]}: checkpoint {osp.relpath(result["checkpoint"])}'
+              f'\n{indent}  curves     {osp.relpath(result["curves"])}'
+              f'\n{indent}  pictures   {osp.relpath(result["pictures"])}/')
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ metainfo = dict(
     palette=[(70, 70, 70), (220, 20, 60), (0, 128, 255), (255, 190, 0)])
 num_classes = 4
 crop_size = (128, 128)
-max_iters = 300
+max_iters = 200
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 
 model = dict(
@@ -56,7 +56,8 @@ val_dataloader = dict(
         data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+# Validation halfway and at the end: two points of the validation curve.
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters // 2)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
     dict(

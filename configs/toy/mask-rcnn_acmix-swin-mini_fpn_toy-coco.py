@@ -9,7 +9,7 @@ metainfo = dict(
     classes=('circle', 'square', 'triangle'),
     palette=[(220, 20, 60), (0, 128, 255), (255, 190, 0)])
 image_size = (128, 128)
-max_iters = 400
+max_iters = 250
 
 model = dict(
     backbone=dict(
@@ -77,7 +77,7 @@ train_cfg = dict(
     _delete_=True,
     type='IterBasedTrainLoop',
     max_iters=max_iters,
-    val_interval=max_iters)
+    val_interval=max_iters // 2)  # halfway and at the end (curves)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(
