@@ -207,3 +207,46 @@ def test_swin_configs_load_released_and_converted_weights(
     }
     for key, value in expected.items():
         assert torch.equal(state[key], value), key
+
+
+def test_model_index_lists_every_config_once():
+    """model-index.yml imports a metafile.yml per config folder, in the
+    OpenMMLab format: every config is one model, every model's config
+    exists."""
+    import yaml
+    index = yaml.safe_load((REPO / 'model-index.yml').read_text())
+    folders = sorted({str(Path(p).parent) for p in CONFIGS})
+    assert sorted(index['Import']) == [f'{f}/metafile.yml' for f in folders]
+    listed = []
+    for metafile in index['Import']:
+        meta = yaml.safe_load((REPO / metafile).read_text())
+        collections = {c['Name'] for c in meta['Collections']}
+        for model in meta['Models']:
+            config = model['Config']
+            assert (REPO / config).is_file(), f'{metafile}: {config} missing'
+            assert str(Path(config).parent) == str(Path(metafile).parent)
+            assert model['Name'] == Path(config).stem
+            assert model['In Collection'] in collections
+            metadata = model['Metadata']
+            for key in ('Training Data', 'Training Resources', 'Architecture'):
+                assert metadata.get(key), f'{model["Name"]}: no {key}'
+            check_schedule(config, metadata)
+            for result in model.get('Results', []):
+                assert result['Task'] and result['Dataset'] and \
+                    result['Metrics']
+            listed.append(config)
+    assert sorted(listed) == CONFIGS
+
+
+def check_schedule(config: str, metadata: dict) -> None:
+    """The metafile's batch size (per-device batch x the devices of
+    Training Resources, e.g. '8x GPUs') and epochs or iterations are the
+    config's."""
+    cfg = Config.fromfile(str(REPO / config))
+    devices = int(metadata['Training Resources'].split('x')[0])
+    assert metadata['Batch Size'] == \
+        devices * cfg.train_dataloader.batch_size, config
+    if 'Epochs' in metadata:
+        assert metadata['Epochs'] == cfg.train_cfg.max_epochs, config
+    else:
+        assert metadata['Iterations'] == cfg.train_cfg.max_iters, config
