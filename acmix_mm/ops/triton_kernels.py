@@ -50,6 +50,8 @@ _TRITON_3 = tl.constexpr(_TRITON_VERSION >= (3, 0))
 # Logit of keys out of reach and start of the running max: exp() of it
 # underflows to 0 and, unlike -inf, it never gives inf - inf.
 _MASKED_LOGIT = tl.constexpr(-1.0e30)
+_LN2 = tl.constexpr(0.6931471805599453)
+_LOG2E = tl.constexpr(1.4426950408889634)
 
 
 def interpreter_active() -> bool:
@@ -82,6 +84,62 @@ def _matmul_add(a, b, acc):
         return tl.dot(a, b, acc, input_precision='tf32x3')
     else:
         return acc + tl.dot(a, b, allow_tf32=False)
+
+
+# exp2 and log2: Triton 3's builtins (one MUFU instruction each); Triton 2
+# has them as libdevice calls only. Defined per version because Triton 2
+# resolves every name a kernel mentions, also in branches not taken.
+if hasattr(tl, 'exp2'):
+
+    @triton.jit
+    def _exp2(x):
+        """2 ** x."""
+        return tl.exp2(x)
+
+    @triton.jit
+    def _log2(x):
+        """log2(x)."""
+        return tl.log2(x)
+else:
+
+    @triton.jit
+    def _exp2(x):
+        """2 ** x."""
+        return tl.math.exp2(x)
+
+    @triton.jit
+    def _log2(x):
+        """log2(x)."""
+        return tl.math.log2(x)
+
+
+@triton.jit
+def _reflect(position, size, PAD: tl.constexpr, SMALL_MAP: tl.constexpr):
+    """Source pixel of padded ``position`` (in [-pad, size - 1 + pad]) on
+    an axis of ``size`` pixels: mirrored at the edges, the edge pixel not
+    repeated (:func:`acmix_mm.ops.reflection.reflect`).
+
+    If size > pad, one mirror at most: |p|, then 2 * (size - 1) - p past
+    the far edge. SMALL_MAP (some side <= pad) folds by the period
+    2 * (size - 1) (1 for size 1, which maps everything to 0); the shift by
+    PAD periods keeps the remainder's operand non-negative. Positions past
+    the far edge by more than pad (slots only of queries past the map) are
+    clamped into the map, so that every load stays in bounds.
+    """
+    if SMALL_MAP:
+        period = tl.maximum(2 * size - 2, 1)
+        folded = (position + PAD * period) % period
+        return tl.minimum(folded, period - folded)
+    else:
+        position = tl.abs(position)
+        return tl.maximum(tl.minimum(position, 2 * size - 2 - position), 0)
+
+
+@triton.jit
+def _band(offset, pad):
+    """0 where |offset| <= pad (inside a window), else the masked logit:
+    the additive mask of the static window pattern."""
+    return tl.where((offset >= -pad) & (offset <= pad), 0.0, _MASKED_LOGIT)
 
 
 @triton.jit
@@ -305,6 +363,186 @@ def _forward_kernel(
 
 
 @triton.jit
+def _load_pixels(ptr, pixel_offsets, pixel_valid, channel_stride,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 HEAD_CONTIGUOUS: tl.constexpr):
+    """[N, BLOCK_D] tile of N pixels (zeros beyond HEAD_DIM / off-map):
+    channel-major loads, or with HEAD_CONTIGUOUS (channel stride 1) one
+    vector per pixel."""
+    if HEAD_CONTIGUOUS:
+        channels = tl.arange(0, BLOCK_D)
+        mask = pixel_valid[:, None]
+        if HEAD_DIM < BLOCK_D:
+            mask = mask & (channels < HEAD_DIM)[None, :]
+        tile = tl.load(
+            ptr + pixel_offsets[:, None] + channels[None, :],
+            mask=mask,
+            other=0.0)
+    else:
+        tile = tl.trans(
+            _load_channel_major(ptr, channel_stride, pixel_offsets,
+                                pixel_valid, HEAD_DIM, BLOCK_D))
+    return tile
+
+
+@triton.jit
+def _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE: tl.constexpr,
+                   STRIDE: tl.constexpr, TILE_H: tl.constexpr):
+    """Additive mask [N, CHUNK_W] of a tile's queries against its key slot
+    row ``slot_row`` (constexpr, counted from the tile's first): the column
+    band, plus the row band where some query row does not reach the row."""
+    bias = col_bias
+    if slot_row < STRIDE * (TILE_H - 1):
+        bias = col_bias + _band(
+            slot_row - STRIDE * query_row - KERNEL_SIZE // 2,
+            KERNEL_SIZE // 2)[:, None]
+    if slot_row >= KERNEL_SIZE:
+        bias = col_bias + _band(
+            slot_row - STRIDE * query_row - KERNEL_SIZE // 2,
+            KERNEL_SIZE // 2)[:, None]
+    return bias
+
+
+@triton.jit
+def _attend_slot_row(q, k, v, bias, row_max, weight_sums, acc, scale_log2):
+    """One online-softmax step of queries q [N, BLOCK_D] over a row of key
+    slots k, v [CHUNK_W, BLOCK_D] with the additive mask ``bias``.
+
+    Logits and row_max are unscaled (q . k); exp2 takes them times
+    scale * log2(e). Weight sums stay per slot [N, CHUNK_W] until the end.
+    """
+    logits = _matmul_add(q, tl.trans(k), bias)
+    new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+    rescale = _exp2((row_max - new_max) * scale_log2)
+    weights = _exp2(logits * scale_log2 - (new_max * scale_log2)[:, None])
+    weight_sums = weight_sums * rescale[:, None] + weights
+    acc = _matmul_add(weights.to(v.dtype), v, acc * rescale[:, None])
+    return new_max, weight_sums, acc
+
+
+@triton.jit
+def _store_slot_tile(out_ptr, lse_ptr, acc, weight_sums, row_max, out_row,
+                     out_col, batch_head, out_height, out_width, scale,
+                     stride_od, stride_oy, stride_ox, HEAD_DIM: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+    """Store out and lse (natural log) of a tile of queries."""
+    valid = (out_row < out_height) & (out_col < out_width)
+    row_sum = tl.where(valid, tl.sum(weight_sums, axis=1), 1.0)
+    _store_channel_major(out_ptr,
+                         acc * (1.0 / row_sum)[:, None], stride_od,
+                         out_row * stride_oy + out_col * stride_ox, valid,
+                         HEAD_DIM, BLOCK_D)
+    lse_offsets = (
+        batch_head.to(tl.int64) * out_height * out_width +
+        out_row * out_width + out_col)
+    tl.store(
+        lse_ptr + lse_offsets,
+        row_max * scale + _log2(row_sum) * _LN2,
+        mask=valid)
+
+
+@_jit
+def _slot_forward_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, stride_qb, stride_qh, stride_qd,
+        stride_qy, stride_qx, stride_kb, stride_kh, stride_kd, stride_ky,
+        stride_kx, stride_vb, stride_vh, stride_vd, stride_vy, stride_vx,
+        stride_ob, stride_oh, stride_od, stride_oy, stride_ox, heads, height,
+        width, out_height, out_width, scale, HEAD_DIM: tl.constexpr,
+        KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
+        SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr, TILE_H: tl.constexpr,
+        TILE_W: tl.constexpr, TILES: tl.constexpr, CHUNK_W: tl.constexpr,
+        HEAD_CONTIGUOUS: tl.constexpr, VECTOR: tl.constexpr):
+    """Program (column of tiles, row of TILES tiles, map): out and lse of
+    TILES (1 or 2) TILE_H x TILE_W query tiles stacked vertically.
+
+    The tiles' windows cover rows of key slots (positions of the
+    reflection-padded map, each loaded from its reflected source pixel):
+    CHUNK_W slots per row, STRIDE * (TILE_H - 1) + KERNEL_SIZE rows per
+    tile, shared rows loaded once. The loop over them is unrolled, so each
+    step's window mask is known at compile time. With HEAD_CONTIGUOUS, q, k
+    and v have channel stride 1 and their other strides come in units of
+    VECTOR elements (so that loads of VECTOR channels are aligned).
+    """
+    pad = KERNEL_SIZE // 2
+    first_col = tl.program_id(0) * TILE_W
+    first_row = tl.program_id(1) * (TILES * TILE_H)
+    batch_head = tl.program_id(2)
+    q_ptr += _map_offset(batch_head, heads, stride_qb * VECTOR,
+                         stride_qh * VECTOR)
+    k_ptr += _map_offset(batch_head, heads, stride_kb * VECTOR,
+                         stride_kh * VECTOR)
+    v_ptr += _map_offset(batch_head, heads, stride_vb * VECTOR,
+                         stride_vh * VECTOR)
+    out_ptr += _map_offset(batch_head, heads, stride_ob, stride_oh)
+
+    # Slot s of a row is padded column STRIDE * first_col - pad + s; query
+    # i's window covers slots STRIDE * (i % TILE_W) + [0, KERNEL_SIZE).
+    slot = tl.arange(0, CHUNK_W)
+    key_x = _reflect(STRIDE * first_col - pad + slot, width, pad, SMALL_MAP)
+    slot_offsets_k = key_x * (stride_kx * VECTOR)
+    slot_offsets_v = key_x * (stride_vx * VECTOR)
+    slot_used = slot < STRIDE * (TILE_W - 1) + KERNEL_SIZE
+    query = tl.arange(0, TILE_H * TILE_W)
+    query_row = query // TILE_W
+    out_col = first_col + query % TILE_W
+    col_bias = _band(slot[None, :] - STRIDE * (query % TILE_W)[:, None] - pad,
+                     pad)
+    scale_log2 = scale * _LOG2E
+
+    out_row0 = first_row + query_row
+    q0 = _load_pixels(
+        q_ptr,
+        STRIDE * (out_row0 * (stride_qy * VECTOR) + out_col *
+                  (stride_qx * VECTOR)),
+        (out_row0 < out_height) & (out_col < out_width), stride_qd, HEAD_DIM,
+        BLOCK_D, HEAD_CONTIGUOUS)
+    max0 = tl.full([TILE_H * TILE_W], _MASKED_LOGIT, tl.float32)
+    sums0 = tl.zeros([TILE_H * TILE_W, CHUNK_W], tl.float32)
+    acc0 = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
+    out_row1 = out_row0 + TILE_H
+    if TILES == 2:
+        q1 = _load_pixels(
+            q_ptr,
+            STRIDE * (out_row1 * (stride_qy * VECTOR) + out_col *
+                      (stride_qx * VECTOR)),
+            (out_row1 < out_height) & (out_col < out_width), stride_qd,
+            HEAD_DIM, BLOCK_D, HEAD_CONTIGUOUS)
+        max1, sums1, acc1 = max0, sums0, acc0
+
+    # A tile covers STRIDE * (TILE_H - 1) + KERNEL_SIZE slot rows.
+    for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
+                                    KERNEL_SIZE):
+        key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
+                         SMALL_MAP)
+        k = _load_pixels(k_ptr + key_y * (stride_ky * VECTOR), slot_offsets_k,
+                         slot_used, stride_kd, HEAD_DIM, BLOCK_D,
+                         HEAD_CONTIGUOUS)
+        v = _load_pixels(v_ptr + key_y * (stride_vy * VECTOR), slot_offsets_v,
+                         slot_used, stride_vd, HEAD_DIM, BLOCK_D,
+                         HEAD_CONTIGUOUS)
+        if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
+            max0, sums0, acc0 = _attend_slot_row(
+                q0, k, v,
+                _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE,
+                               STRIDE, TILE_H), max0, sums0, acc0, scale_log2)
+        if TILES == 2:
+            if slot_row >= STRIDE * TILE_H:
+                max1, sums1, acc1 = _attend_slot_row(
+                    q1, k, v,
+                    _slot_row_bias(col_bias, slot_row - STRIDE * TILE_H,
+                                   query_row, KERNEL_SIZE, STRIDE, TILE_H),
+                    max1, sums1, acc1, scale_log2)
+
+    _store_slot_tile(out_ptr, lse_ptr, acc0, sums0, max0, out_row0, out_col,
+                     batch_head, out_height, out_width, scale, stride_od,
+                     stride_oy, stride_ox, HEAD_DIM, BLOCK_D)
+    if TILES == 2:
+        _store_slot_tile(out_ptr, lse_ptr, acc1, sums1, max1, out_row1,
+                         out_col, batch_head, out_height, out_width, scale,
+                         stride_od, stride_oy, stride_ox, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
 def _store_query_grad(ptr, grad_q, channel_stride, row_stride, col_stride,
                       query_y, query_x, query_valid, height, width,
                       HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr,
@@ -510,6 +748,57 @@ class Tiling(NamedTuple):
             REGION_SIZE=self.region_size,
             BLOCK_REGION=self.block_region)
 
+    def grid(self, rows: int, cols: int, maps: int) -> Tuple[int, ...]:
+        """Launch grid over maps of rows x cols tiled pixels."""
+        return (maps * triton.cdiv(rows, self.block_h) *
+                triton.cdiv(cols, self.block_w), )
+
+    @property
+    def loop_trips(self) -> int:
+        """Iterations of the kernel's loop over the region."""
+        return triton.cdiv(self.region_size, self.block_region)
+
+
+class SlotTiling(NamedTuple):
+    """Compile-time geometry of the key-slot forward: tiles of tile_h x
+    tile_w queries, ``tiles`` of them stacked per program, against rows of
+    chunk_w key slots."""
+    tile_h: int
+    tile_w: int
+    tiles: int
+    chunk_w: int
+
+    def as_meta(self) -> dict:
+        """Keyword constexpr arguments of the kernel."""
+        return dict(
+            TILE_H=self.tile_h,
+            TILE_W=self.tile_w,
+            TILES=self.tiles,
+            CHUNK_W=self.chunk_w)
+
+    def grid(self, rows: int, cols: int, maps: int) -> Tuple[int, ...]:
+        """(column of tiles, row of stacked tiles, map) launch grid."""
+        return (triton.cdiv(cols, self.tile_w),
+                triton.cdiv(rows, self.tile_h * self.tiles), maps)
+
+    @property
+    def loop_trips(self) -> int:
+        """1: the loop over slot rows is unrolled."""
+        return 1
+
+
+def slot_tiling(kernel_size: int, stride: int, head_dim: int,
+                dtype: torch.dtype) -> SlotTiling:
+    """Key-slot forward: 16 queries per tile, 2 x 8 (4 x 4 at stride 2,
+    which spreads the windows), against rows of stride * (tile_w - 1) +
+    kernel_size slots (a chunk of 16 for 7 x 7 windows): 128 logits for 49
+    at stride 1. Two tiles per program up to 32 channels share their key
+    rows and set-up; wider heads take one (registers)."""
+    tile_h, tile_w = (2, 8) if stride == 1 else (4, 4)
+    return SlotTiling(
+        tile_h, tile_w, 2 if head_dim <= 32 else 1,
+        max(16, triton.next_power_of_2(stride * (tile_w - 1) + kernel_size)))
+
 
 def _operand_width(head_dim: int, dtype: torch.dtype) -> int:
     """Channel block in 16-bit units: a float32 tile counts twice."""
@@ -577,12 +866,20 @@ class LaunchPlan(NamedTuple):
 
 class KernelSpec(NamedTuple):
     """A kernel, the tiling its launcher gives it and its other constexpr
-    arguments (used to compile the kernels ahead of time), and whether its
-    programs tile the output (queries) or the input (keys)."""
+    arguments (used to compile the kernels ahead of time), whether its
+    programs tile the output (queries) or the input (keys), and the
+    num_warps its autotuner tries."""
     kernel: Callable
     tiling: Callable[[int, int, int, torch.dtype], Tiling]
     extra_meta: Dict[str, bool]
     tiles_queries: bool
+    warps: Tuple[int, ...]  # num_warps its tiles suit
+
+    @property
+    def tuning_configs(self) -> Tuple[Tuple[int, int], ...]:
+        """The TUNING_CONFIGS with warps it suits."""
+        return tuple(config for config in TUNING_CONFIGS
+                     if config[0] in self.warps)
 
     def launch_plan(self, shape: Tuple[int, int, int, int,
                                        int], kernel_size: int, stride: int,
@@ -593,22 +890,31 @@ class KernelSpec(NamedTuple):
         rows, cols = height, width
         if self.tiles_queries:
             rows, cols = math.ceil(height / stride), math.ceil(width / stride)
-        return LaunchPlan(batch * heads * _tile_count(rows, cols, tiling),
-                          triton.cdiv(tiling.region_size, tiling.block_region))
+        return LaunchPlan(
+            math.prod(tiling.grid(rows, cols, batch * heads)),
+            tiling.loop_trips)
 
 
+# Region kernels: 64-query tiles, 4 or 8 warps; the slot forward: 16-query
+# tiles (one tensor-core tile per warp), 1 or 2 warps.
 KERNELS = {
     'forward':
-    KernelSpec(_forward_kernel, query_tiling, {}, True),
+    KernelSpec(_forward_kernel, query_tiling, {}, True, (4, 8)),
+    'slot_forward':
+    KernelSpec(_slot_forward_kernel, slot_tiling, {
+        'HEAD_CONTIGUOUS': False,
+        'VECTOR': 1
+    }, True, (1, 2)),
     'grad_query':
     KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True},
-               True),
+               True, (4, 8)),
     'grad_key_value':
-    KernelSpec(_grad_key_value_kernel, key_tiling, {}, False),
+    KernelSpec(_grad_key_value_kernel, key_tiling, {}, False, (4, 8)),
 }
 
 # (num_warps, num_stages) candidates of the autotuner.
-TUNING_CONFIGS = ((4, 1), (4, 2), (8, 1), (8, 2))
+TUNING_CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8,
+                                                                           2))
 # 'W,S' pins the kernels to the tuning config (W, S): no autotuning, e.g. for
 # a test run that compiles every variant once instead of once per config.
 TUNING_CONFIG_ENV = 'ACMIX_TUNING_CONFIG'
@@ -623,7 +929,7 @@ def tuning_configs(device: torch.device) -> Tuple[Tuple[int, int], ...]:
     """
     if (device.type == 'cuda' and (2, 2) <= _TRITON_VERSION < (3, 2)
             and torch.cuda.get_device_capability(device)[0] >= 9):
-        return tuple(config for config in TUNING_CONFIGS if config[0] == 4)
+        return tuple(config for config in TUNING_CONFIGS if config[0] != 8)
     return TUNING_CONFIGS
 
 
@@ -638,14 +944,14 @@ def _compilable(configs: list, *args, **kwargs) -> list:
 
 
 def _autotuned(spec: KernelSpec):
-    """``spec.kernel`` autotuned over TUNING_CONFIGS on GPUs, keyed only by
+    """``spec.kernel`` autotuned over its tuning configs on GPUs, keyed by
     (head dim, kernel size, stride, its extra constexprs) and the dtypes;
     the interpreter runs the kernel as is."""
     if interpreter_active():
         return spec.kernel
     configs = [
         triton.Config({}, num_warps=warps, num_stages=stages)
-        for warps, stages in TUNING_CONFIGS
+        for warps, stages in spec.tuning_configs
     ]
     key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *spec.extra_meta]
     return triton.autotune(
@@ -836,10 +1142,41 @@ def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
                       min(height, width) <= kernel_size // 2)
 
 
-def _tile_count(rows: int, cols: int, tiling: Tiling) -> int:
-    """Number of tiles covering a rows x cols grid."""
-    return (triton.cdiv(rows, tiling.block_h) *
-            triton.cdiv(cols, tiling.block_w))
+# 'slot_forward' or 'forward' forces that forward kernel (for benchmarks);
+# unset, :func:`forward_kernel_name` decides.
+FORWARD_KERNEL_ENV = 'ACMIX_FORWARD_KERNEL'
+FORWARD_KERNELS = ('slot_forward', 'forward')
+
+
+def forward_kernel_name(head_dim: int, stride: int) -> str:
+    """The forward kernel for ``head_dim`` and ``stride``, or the one
+    ``ACMIX_FORWARD_KERNEL`` names.
+
+    'slot_forward' (key slots, 128 logits for 49 at stride 1) up to 32
+    channels at stride 1. 'forward' (key regions, 256 logits for 49) for
+    wider heads, where a 2 x 8 tile reloads its key rows too often, and at
+    stride 2, where 4 x 4 slot tiles compute 208 logits for 49.
+    """
+    forced = os.environ.get(FORWARD_KERNEL_ENV, '').strip()
+    if forced:
+        if forced not in FORWARD_KERNELS:
+            raise ValueError(f'{FORWARD_KERNEL_ENV} must be one of '
+                             f'{FORWARD_KERNELS}, got {forced!r}')
+        return forced
+    return 'slot_forward' if stride == 1 and head_dim <= 32 else 'forward'
+
+
+def _vector_width(*tensors: Tensor) -> int:
+    """Elements in 16 bytes if every tensor has channel stride 1 and is
+    16-byte aligned in its other strides and its data (head-contiguous
+    maps, e.g. from a channels-last projection), else 0."""
+    width = 16 // tensors[0].element_size()
+    for tensor in tensors:
+        batch, head, channel, row, col = tensor.stride()
+        if (channel != 1 or any(s % width for s in (batch, head, row, col))
+                or tensor.data_ptr() % 16):
+            return 0
+    return width
 
 
 def local_attention_forward(
@@ -880,20 +1217,25 @@ def local_attention_forward(
                       device=v.device)
     if out.numel() == 0:
         return out, lse
-    tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
-    grid = (batch * heads * _tile_count(out_height, out_width, tiling), )
+    name = forward_kernel_name(head_dim, stride)
+    tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
+    input_strides = _strides(q) + _strides(k) + _strides(v)
+    extra_meta = {}
+    if name == 'slot_forward':
+        vector = _vector_width(q, k, v)
+        extra_meta = dict(HEAD_CONTIGUOUS=vector > 0, VECTOR=vector or 1)
+        input_strides = tuple(stride // (vector or 1)
+                              for stride in input_strides)
     _launch(
-        'forward',
+        name,
         q,
-        grid,
+        tiling.grid(out_height, out_width, batch * heads),
         q,
         k,
         v,
         out,
         lse,
-        *_strides(q),
-        *_strides(k),
-        *_strides(v),
+        *input_strides,
         *_strides(out),
         heads,
         height,
@@ -903,7 +1245,8 @@ def local_attention_forward(
         float(scale),
         config=config,
         **_shape_meta(q, kernel_size, stride),
-        **tiling.as_meta())
+        **tiling.as_meta(),
+        **extra_meta)
     return out, lse
 
 
@@ -956,7 +1299,7 @@ def local_attention_backward(
     sizes = (heads, height, width, out_height, out_width, float(scale))
     delta = torch.empty_like(lse)
     tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
-    grid = (maps * _tile_count(out_height, out_width, tiling), )
+    grid = tiling.grid(out_height, out_width, maps)
     # Without dQ the kernel only writes delta: any pointer stands in.
     dq_target = grad_q if need_grad_q else delta
     dq_strides = _strides(grad_q) if need_grad_q else (0, ) * 5
@@ -985,7 +1328,7 @@ def local_attention_backward(
         COMPUTE_GRAD_Q=need_grad_q)
     if need_grad_kv:
         tiling = key_tiling(kernel_size, stride, head_dim, q.dtype)
-        grid = (maps * _tile_count(height, width, tiling), )
+        grid = tiling.grid(height, width, maps)
         _launch(
             'grad_key_value',
             q,

@@ -187,6 +187,53 @@ def test_every_tuning_config_matches_reference(config):
         assert_close(grad, expected, torch.bfloat16, f'grad {name}')
 
 
+def other_forward_kernel(head_dim, stride):
+    """The forward kernel forward_kernel_name does not choose."""
+    chosen = triton_kernels.forward_kernel_name(head_dim, stride)
+    return next(name for name in triton_kernels.FORWARD_KERNELS
+                if name != chosen)
+
+
+@pytest.mark.parametrize(
+    'shape', SHAPES + [(2, 1, 8, 3, 2, 7, 1), (1, 1, 16, 1, 4, 5, 2)], ids=str)
+def test_each_forward_kernel_matches_reference(monkeypatch, shape):
+    """The forward kernel not chosen for the shape (the other tests run
+    the chosen one), its lse through the gradients."""
+    torch.manual_seed(14)
+    batch, heads, head_dim, height, width, kernel_size, stride = shape
+    kernel = other_forward_kernel(head_dim, stride)
+    monkeypatch.setenv(triton_kernels.FORWARD_KERNEL_ENV, kernel)
+    q, k, v = random_qkv(batch, heads, head_dim, height, width)
+    check_against_reference(q, k, v, kernel_size, stride)
+    assert set(triton_kernels.last_tuning_configs()) >= {kernel}
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('head_dim,stride', [(16, 1), (8, 1), (32, 2)])
+def test_head_contiguous_maps_load_vectors(head_dim, stride, dtype):
+    """q, k, v with channel stride 1 (a channels-last projection): the slot
+    forward's vector loads, also with a head_dim below its block."""
+    torch.manual_seed(15)
+    batch, heads, height, width = 2, 2, 9, 19
+    base = torch.randn(batch, height, width, 3, heads, head_dim)
+    q, k, v = [
+        t.to(DEVICE, dtype).requires_grad_()
+        for t in base.permute(3, 0, 4, 5, 1, 2).unbind(0)
+    ]
+    vector = 16 // q.element_size()
+    assert q.stride(2) == 1 and q.stride(-1) % vector == 0
+    assert triton_kernels._vector_width(q, k, v) == vector
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(triton_kernels.FORWARD_KERNEL_ENV, 'slot_forward')
+        check_against_reference(q, k, v, 7, stride)
+
+
+def test_unknown_forward_kernel_is_named(monkeypatch):
+    monkeypatch.setenv(triton_kernels.FORWARD_KERNEL_ENV, 'fastest')
+    with pytest.raises(ValueError, match="ACMIX_FORWARD_KERNEL.*'fastest'"):
+        triton_kernels.forward_kernel_name(16, 1)
+
+
 @pytest.mark.parametrize('stride', [1, 2])
 def test_split_views_of_one_projection(stride):
     """q, k, v as strided views of a (B, 3 * heads, D, H, W) conv output."""
@@ -352,11 +399,11 @@ def test_cpu_tensors_rejected_without_interpreter():
 
 
 @pytest.mark.parametrize('version,capability,expected_warps', [
-    ((2, 1), (9, 0), {4, 8}),
-    ((2, 2), (9, 0), {4}),
-    ((3, 1), (9, 0), {4}),
-    ((3, 1), (8, 0), {4, 8}),
-    ((3, 2), (9, 0), {4, 8}),
+    ((2, 1), (9, 0), {1, 2, 4, 8}),
+    ((2, 2), (9, 0), {1, 2, 4}),
+    ((3, 1), (9, 0), {1, 2, 4}),
+    ((3, 1), (8, 0), {1, 2, 4, 8}),
+    ((3, 2), (9, 0), {1, 2, 4, 8}),
 ])
 def test_tuning_configs_avoid_compiler_aborts(monkeypatch, version, capability,
                                               expected_warps):

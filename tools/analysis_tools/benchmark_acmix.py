@@ -136,6 +136,7 @@ PEAK_BANDWIDTH = (('H100 PCIe', 2.0e12), ('H100', 3.35e12), ('H200', 4.8e12),
 # CUDA kernel names of the fused op, by last_tuning_configs() key.
 FUSED_KERNELS = {
     'forward': '_forward_kernel',
+    'slot_forward': '_slot_forward_kernel',
     'grad_query': '_grad_query_kernel',
     'grad_key_value': '_grad_key_value_kernel',
 }
@@ -316,9 +317,12 @@ def fused_kernel_ms(step: Callable[[], object],
     for event in profiler.events():
         if event.device_type != DeviceType.CUDA:
             continue
-        for name, symbol in FUSED_KERNELS.items():
-            if symbol in event.name:
-                total_us[name] += event.time_range.elapsed_us()
+        # The longest symbol in the event's name: '_forward_kernel' is
+        # also part of '_slot_forward_kernel'.
+        matches = [n for n, s in FUSED_KERNELS.items() if s in event.name]
+        if matches:
+            name = max(matches, key=lambda n: len(FUSED_KERNELS[n]))
+            total_us[name] += event.time_range.elapsed_us()
     return {
         name: us / iterations / 1e3 if us else None
         for name, us in total_us.items()
@@ -695,8 +699,9 @@ def markdown(result: dict) -> str:
     if fused:
         lines += [
             '', '### Fused kernels (CUDA ms per call)', '',
-            '| shape | forward ms | dQ ms | dK/dV ms | (num_warps, '
-            'num_stages) fwd / dQ / dK,dV |', '|---|---|---|---|---|'
+            '| shape | ' + ' | '.join(f'{name} ms' for name in FUSED_KERNELS) +
+            ' | (num_warps, num_stages) of each |',
+            '|---' * (len(FUSED_KERNELS) + 2) + '|'
         ]
         for r in fused:
             times = [number(r['kernel_ms'][k], '.3f') for k in FUSED_KERNELS]

@@ -163,10 +163,9 @@ def parse_args() -> argparse.Namespace:
         '--tuning-configs',
         nargs='+',
         type=parse_tuning_config,
-        default=list(TUNING_CONFIGS),
         metavar='W,S',
-        help='(num_warps, num_stages) of the autotuner to '
-        'compile (default: all)')
+        help='(num_warps, num_stages) to compile (default: those each '
+        "kernel's autotuner tries)")
     parser.add_argument('--json', help='also write the report here')
     return parser.parse_args()
 
@@ -361,10 +360,11 @@ def main() -> None:
     variants = (
         Variant(name, dtype, head_dim, kernel_size, stride, bool(small_map),
                 num_warps, num_stages)
-        for name, dtype, head_dim, kernel_size, stride, small_map, (
-            num_warps, num_stages) in itertools.product(
-                args.kernels, args.dtypes, args.head_dims, args.kernel_sizes,
-                args.strides, args.small_maps, args.tuning_configs))
+        for name, dtype, head_dim, kernel_size, stride, small_map in
+        itertools.product(args.kernels, args.dtypes, args.head_dims,
+                          args.kernel_sizes, args.strides, args.small_maps)
+        for num_warps, num_stages in (
+            args.tuning_configs or KERNELS[name].tuning_configs))
     for row in compile_in_worker(compile_fn, args.arch, variants):
         rows.append(row)
         print(format_row(row, shared_limit), flush=True)

@@ -59,7 +59,7 @@ import acmix_mm.ops.triton_kernels as triton_kernels
 from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNELS,
                                          MAX_HEAD_DIM, MIN_HEAD_DIM,
                                          SUPPORTED_KERNEL_SIZES,
-                                         SUPPORTED_STRIDES, TUNING_CONFIGS)
+                                         SUPPORTED_STRIDES)
 
 BENCHMARK_SHAPES = COCO_SHAPES + IMAGENET_SHAPES
 
@@ -139,6 +139,8 @@ class Traffic(NamedTuple):
 
 KERNEL_TRAFFIC = {
     'forward':
+    Traffic(2, 2, 1, 'reads q at the queries, k, v; writes out, lse'),
+    'slot_forward':
     Traffic(2, 2, 1, 'reads q at the queries, k, v; writes out, lse'),
     'grad_query':
     Traffic(
@@ -624,10 +626,9 @@ def parse_args() -> argparse.Namespace:
         '--tuning-configs',
         nargs='+',
         type=parse_tuning_config,
-        default=list(TUNING_CONFIGS),
         metavar='W,S',
-        help='(num_warps, num_stages) of the autotuner to model (default: '
-        'all: ' + ' '.join(f'{w},{s}' for w, s in TUNING_CONFIGS) + ')')
+        help='(num_warps, num_stages) to model (default: those each '
+        "kernel's autotuner tries)")
     parser.add_argument(
         '--shapes',
         nargs='+',
@@ -778,9 +779,10 @@ def main() -> None:
         (arch,
          Variant(kernel, dtype, head_dim, args.kernel_size, stride,
                  args.small_map, num_warps, num_stages))
-        for arch, kernel, dtype, head_dim, stride, (num_warps, num_stages) in
-        itertools.product(args.arch, args.kernels, args.dtypes, args.head_dims,
-                          args.strides, args.tuning_configs)
+        for arch, kernel, dtype, head_dim, stride in itertools.product(
+            args.arch, args.kernels, args.dtypes, args.head_dims, args.strides)
+        for num_warps, num_stages in (
+            args.tuning_configs or KERNELS[kernel].tuning_configs)
     ]
     variants = analyse_variants(compile_fn, tasks, args.jobs)
     records = [
