@@ -170,10 +170,12 @@ def break_kernel(monkeypatch, name):
     return kernel
 
 
-@pytest.mark.parametrize('name', ['forward', 'grad_key_value'])
+@pytest.mark.parametrize('name', ['slot_forward', 'forward', 'grad_key_value'])
 def test_failing_kernel_falls_back_with_one_warning(monkeypatch, name):
     cuda_order_on_cpu(monkeypatch)
     kernel = break_kernel(monkeypatch, name)
+    if name in ('slot_forward', 'forward'):
+        monkeypatch.setenv('ACMIX_FORWARD_KERNEL', name)
     q, k, v = leaf_qkv()
     messages = auto_warnings(q, k, v)
     assert kernel.calls == 1  # the failed variant is not tried again
@@ -183,7 +185,8 @@ def test_failing_kernel_falls_back_with_one_warning(monkeypatch, name):
 
 def test_layer_with_auto_trains_through_a_failing_kernel(monkeypatch):
     cuda_order_on_cpu(monkeypatch)
-    break_kernel(monkeypatch, 'forward')
+    triton_kernels = pytest.importorskip('acmix_mm.ops.triton_kernels')
+    break_kernel(monkeypatch, triton_kernels.forward_kernel_name(8, 1))
     reference = randomize_(
         ACmix(8, 16, kernel_att=5, head=2, attn_impl='reference'))
     auto = ACmix(8, 16, kernel_att=5, head=2, attn_impl='auto')

@@ -65,10 +65,10 @@ def test_widest_head_dim_compiles_for_sm90(tmp_path, dtype):
     report = compile_kernels(tmp_path, '--dtypes', dtype, '--head-dims', '128',
                              '--strides', '1', '2', '--small-maps', '0')
     variants = report['variants']
-    assert len(variants) == 3 * 2 * 4  # kernels x strides x tuning configs
-    assert {row['kernel']
-            for row in variants
-            } == {'forward', 'grad_query', 'grad_key_value'}
+    kernels = pytest.importorskip('acmix_mm.ops.triton_kernels').KERNELS
+    # kernels x strides x tuning configs
+    assert len(variants) == len(kernels) * 2 * 4
+    assert {row['kernel'] for row in variants} == set(kernels)
     for row in variants:
         assert row['error'] is None
         assert 0 < row['shared_bytes'] <= report['shared_limit']
@@ -81,7 +81,8 @@ def test_small_map_variant_compiles_for_sm90(tmp_path):
     report = compile_kernels(tmp_path, '--dtypes', 'float16', '--head-dims',
                              '8', '--kernel-sizes', '3', '--strides', '1',
                              '--small-maps', '1')
-    assert len(report['variants']) == 3 * 4
+    kernels = pytest.importorskip('acmix_mm.ops.triton_kernels').KERNELS
+    assert len(report['variants']) == len(kernels) * 4
     assert all(row['error'] is None and row['tensor_cores']
                for row in report['variants'])
 
