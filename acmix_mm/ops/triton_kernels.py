@@ -143,6 +143,22 @@ def _band(offset, pad):
 
 
 @triton.jit
+def _exponent_scale(scale):
+    """|scale| * log2(e): the factor of exp2 for unscaled logits of operands
+    signed by :func:`_signed`. At least 1e-20 * log2(e), so that a masked
+    logit still weighs 0 at scale 0 (where real logits all weigh 1)."""
+    return tl.maximum(tl.abs(scale), 1.0e-20) * _LOG2E
+
+
+@triton.jit
+def _signed(operand, scale):
+    """``operand`` negated if scale < 0: logits of it are scale / |scale|
+    times the logits, so that the slot kernels, which mask and take maxima
+    before scaling, need only |scale|."""
+    return tl.where(scale < 0, -operand, operand)
+
+
+@triton.jit
 def _add_axis_hits(count, query_pos, key_pos, size, weight,
                    KERNEL_SIZE: tl.constexpr, SMALL_MAP: tl.constexpr):
     """Add int ``weight`` to ``count`` once per offset o in [-pad, pad] with
@@ -425,7 +441,8 @@ def _store_slot_tile(out_ptr, lse_ptr, acc, weight_sums, row_max, out_row,
                      out_col, batch_head, out_height, out_width, scale,
                      stride_od, stride_oy, stride_ox, HEAD_DIM: tl.constexpr,
                      BLOCK_D: tl.constexpr):
-    """Store out and lse (natural log) of a tile of queries."""
+    """Store out and lse (natural log) of a tile of queries, whose
+    row_max is of unscaled logits of signed operands (times |scale|)."""
     valid = (out_row < out_height) & (out_col < out_width)
     row_sum = tl.where(valid, tl.sum(weight_sums, axis=1), 1.0)
     _store_channel_major(out_ptr,
@@ -437,7 +454,7 @@ def _store_slot_tile(out_ptr, lse_ptr, acc, weight_sums, row_max, out_row,
         out_row * out_width + out_col)
     tl.store(
         lse_ptr + lse_offsets,
-        row_max * scale + _log2(row_sum) * _LN2,
+        row_max * tl.abs(scale) + _log2(row_sum) * _LN2,
         mask=valid)
 
 
@@ -487,7 +504,7 @@ def _slot_forward_kernel(
     out_col = first_col + query % TILE_W
     col_bias = _band(slot[None, :] - STRIDE * (query % TILE_W)[:, None] - pad,
                      pad)
-    scale_log2 = scale * _LOG2E
+    scale_log2 = _exponent_scale(scale)
 
     out_row0 = first_row + query_row
     q0 = _load_pixels(
@@ -496,6 +513,7 @@ def _slot_forward_kernel(
                   (stride_qx * VECTOR)),
         (out_row0 < out_height) & (out_col < out_width), stride_qd, HEAD_DIM,
         BLOCK_D, HEAD_CONTIGUOUS)
+    q0 = _signed(q0, scale)
     max0 = tl.full([TILE_H * TILE_W], _MASKED_LOGIT, tl.float32)
     sums0 = tl.zeros([TILE_H * TILE_W, CHUNK_W], tl.float32)
     acc0 = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
@@ -507,6 +525,7 @@ def _slot_forward_kernel(
                       (stride_qx * VECTOR)),
             (out_row1 < out_height) & (out_col < out_width), stride_qd,
             HEAD_DIM, BLOCK_D, HEAD_CONTIGUOUS)
+        q1 = _signed(q1, scale)
         max1, sums1, acc1 = max0, sums0, acc0
 
     # A tile covers STRIDE * (TILE_H - 1) + KERNEL_SIZE slot rows.
@@ -643,6 +662,139 @@ def _grad_query_kernel(
             query_valid, height, width, HEAD_DIM, STRIDE, BLOCK_D)
 
 
+@triton.jit
+def _slot_query_inputs(q_ptr, o_ptr, g_ptr, lse_ptr, delta_ptr, out_row,
+                       out_col, batch_head, out_height, out_width, scale,
+                       stride_qd, stride_qy, stride_qx, stride_od, stride_oy,
+                       stride_ox, stride_gd, stride_gy, stride_gx,
+                       HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+    """Signed q, grad_out [N, BLOCK_D], lse in log2 units and delta of a
+    tile of queries; stores delta = rowsum(dO * O) for the dK/dV kernel."""
+    valid = (out_row < out_height) & (out_col < out_width)
+    grad_out = _load_pixels(g_ptr, out_row * stride_gy + out_col * stride_gx,
+                            valid, stride_gd, HEAD_DIM, BLOCK_D, False)
+    out = _load_pixels(o_ptr, out_row * stride_oy + out_col * stride_ox, valid,
+                       stride_od, HEAD_DIM, BLOCK_D, False)
+    delta = tl.sum(grad_out.to(tl.float32) * out.to(tl.float32), axis=1)
+    stat_offsets = (
+        batch_head.to(tl.int64) * out_height * out_width +
+        out_row * out_width + out_col)
+    tl.store(delta_ptr + stat_offsets, delta, mask=valid)
+    q = _load_pixels(q_ptr,
+                     STRIDE * (out_row * stride_qy + out_col * stride_qx),
+                     valid, stride_qd, HEAD_DIM, BLOCK_D, False)
+    lse = tl.load(lse_ptr + stat_offsets, mask=valid, other=0.0)
+    return _signed(q, scale), grad_out, lse * _LOG2E, delta
+
+
+@triton.jit
+def _slot_row_grad_query(q, grad_out, k, v, bias, lse_log2, delta, acc,
+                         scale_log2):
+    """acc [N, BLOCK_D] plus the dQ (unscaled) of queries q against a row
+    of key slots k, v [CHUNK_W, BLOCK_D] with the additive mask ``bias``:
+    dS @ k, dS = P * (dO . v - delta), P = exp2(q . k * scale_log2 -
+    lse_log2)."""
+    logits = _matmul_add(q, tl.trans(k), bias)
+    probs = _exp2(logits * scale_log2 - lse_log2[:, None])
+    grad_logits = probs * (_matmul(grad_out, tl.trans(v)) - delta[:, None])
+    return _matmul_add(grad_logits.to(k.dtype), k, acc)
+
+
+@_jit
+def _slot_grad_query_kernel(
+        q_ptr, k_ptr, v_ptr, o_ptr, g_ptr, lse_ptr, delta_ptr, dq_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_ob, stride_oh, stride_od,
+        stride_oy, stride_ox, stride_gb, stride_gh, stride_gd, stride_gy,
+        stride_gx, stride_dqb, stride_dqh, stride_dqd, stride_dqy, stride_dqx,
+        heads, height, width, out_height, out_width, scale,
+        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
+        CHUNK_W: tl.constexpr, HEAD_CONTIGUOUS: tl.constexpr,
+        VECTOR: tl.constexpr):
+    """Program (column of tiles, row of TILES tiles, map): delta and dQ of
+    TILES (1 or 2) TILE_H x TILE_W query tiles stacked vertically, over the
+    rows of key slots of :func:`_slot_forward_kernel`. With
+    HEAD_CONTIGUOUS, k and v (the loads of the loop) have channel stride 1
+    and their other strides come in units of VECTOR elements."""
+    pad = KERNEL_SIZE // 2
+    first_col = tl.program_id(0) * TILE_W
+    first_row = tl.program_id(1) * (TILES * TILE_H)
+    batch_head = tl.program_id(2)
+    q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
+    o_ptr += _map_offset(batch_head, heads, stride_ob, stride_oh)
+    g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
+    k_ptr += _map_offset(batch_head, heads, stride_kb * VECTOR,
+                         stride_kh * VECTOR)
+    v_ptr += _map_offset(batch_head, heads, stride_vb * VECTOR,
+                         stride_vh * VECTOR)
+    dq_ptr += _map_offset(batch_head, heads, stride_dqb, stride_dqh)
+
+    slot = tl.arange(0, CHUNK_W)
+    key_x = _reflect(STRIDE * first_col - pad + slot, width, pad, SMALL_MAP)
+    slot_offsets_k = key_x * (stride_kx * VECTOR)
+    slot_offsets_v = key_x * (stride_vx * VECTOR)
+    slot_used = slot < STRIDE * (TILE_W - 1) + KERNEL_SIZE
+    query = tl.arange(0, TILE_H * TILE_W)
+    query_row = query // TILE_W
+    out_col = first_col + query % TILE_W
+    col_bias = _band(slot[None, :] - STRIDE * (query % TILE_W)[:, None] - pad,
+                     pad)
+    scale_log2 = _exponent_scale(scale)
+
+    out_row0 = first_row + query_row
+    q0, grad_out0, lse0, delta0 = _slot_query_inputs(
+        q_ptr, o_ptr, g_ptr, lse_ptr, delta_ptr, out_row0, out_col, batch_head,
+        out_height, out_width, scale, stride_qd, stride_qy, stride_qx,
+        stride_od, stride_oy, stride_ox, stride_gd, stride_gy, stride_gx,
+        HEAD_DIM, STRIDE, BLOCK_D)
+    acc0 = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
+    out_row1 = out_row0 + TILE_H
+    if TILES == 2:
+        q1, grad_out1, lse1, delta1 = _slot_query_inputs(
+            q_ptr, o_ptr, g_ptr, lse_ptr, delta_ptr, out_row1, out_col,
+            batch_head, out_height, out_width, scale, stride_qd, stride_qy,
+            stride_qx, stride_od, stride_oy, stride_ox, stride_gd, stride_gy,
+            stride_gx, HEAD_DIM, STRIDE, BLOCK_D)
+        acc1 = acc0
+
+    for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
+                                    KERNEL_SIZE):
+        key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
+                         SMALL_MAP)
+        k = _load_pixels(k_ptr + key_y * (stride_ky * VECTOR), slot_offsets_k,
+                         slot_used, stride_kd, HEAD_DIM, BLOCK_D,
+                         HEAD_CONTIGUOUS)
+        v = _load_pixels(v_ptr + key_y * (stride_vy * VECTOR), slot_offsets_v,
+                         slot_used, stride_vd, HEAD_DIM, BLOCK_D,
+                         HEAD_CONTIGUOUS)
+        if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
+            acc0 = _slot_row_grad_query(
+                q0, grad_out0, k, v,
+                _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE,
+                               STRIDE, TILE_H), lse0, delta0, acc0, scale_log2)
+        if TILES == 2:
+            if slot_row >= STRIDE * TILE_H:
+                acc1 = _slot_row_grad_query(
+                    q1, grad_out1, k, v,
+                    _slot_row_bias(col_bias, slot_row - STRIDE * TILE_H,
+                                   query_row, KERNEL_SIZE, STRIDE, TILE_H),
+                    lse1, delta1, acc1, scale_log2)
+
+    _store_query_grad(dq_ptr, acc0 * scale, stride_dqd, stride_dqy, stride_dqx,
+                      STRIDE * out_row0, STRIDE * out_col,
+                      (out_row0 < out_height) & (out_col < out_width), height,
+                      width, HEAD_DIM, STRIDE, BLOCK_D)
+    if TILES == 2:
+        _store_query_grad(dq_ptr, acc1 * scale, stride_dqd, stride_dqy,
+                          stride_dqx, STRIDE * out_row1, STRIDE * out_col,
+                          (out_row1 < out_height) & (out_col < out_width),
+                          height, width, HEAD_DIM, STRIDE, BLOCK_D)
+
+
 @_jit
 def _grad_key_value_kernel(
         q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
@@ -724,6 +876,280 @@ def _grad_key_value_kernel(
         HEAD_DIM, BLOCK_D)
 
 
+@triton.jit
+def _query_row_inputs(q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col,
+                      stats_base, out_height, out_width, stride_qd, stride_qy,
+                      stride_qx, stride_gd, stride_gy, stride_gx,
+                      HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """q, grad_out [CHUNK_W, BLOCK_D], lse (log2 units) and delta of the
+    queries ``out_col`` of output row ``out_row``: zeros off the map, where
+    a query's terms of dK and dV vanish (dO = 0, q = 0)."""
+    # A vector: a scalar condition in a mask fails in the interpreter.
+    rows = tl.zeros_like(out_col) + out_row
+    valid = ((out_col >= 0) & (out_col < out_width) & (rows >= 0) &
+             (rows < out_height))
+    q = _load_pixels(q_ptr,
+                     STRIDE * (out_row * stride_qy + out_col * stride_qx),
+                     valid, stride_qd, HEAD_DIM, BLOCK_D, False)
+    grad_out = _load_pixels(g_ptr, out_row * stride_gy + out_col * stride_gx,
+                            valid, stride_gd, HEAD_DIM, BLOCK_D, False)
+    stat_offsets = stats_base + out_row * out_width + out_col
+    lse = tl.load(lse_ptr + stat_offsets, mask=valid, other=0.0)
+    delta = tl.load(delta_ptr + stat_offsets, mask=valid, other=0.0)
+    return q, grad_out, lse * _LOG2E, delta
+
+
+@triton.jit
+def _slot_row_grad_key_value(k, v, q, grad_out, bias, lse_log2, delta, grad_k,
+                             grad_v, scale_log2):
+    """grad_k (unscaled) and grad_v [N, BLOCK_D] of keys k (signed), v
+    plus the terms of a row of queries q, grad_out [CHUNK_W, BLOCK_D]
+    under the additive mask ``bias`` [N, CHUNK_W]."""
+    logits = _matmul_add(k, tl.trans(q), bias)
+    probs = _exp2(logits * scale_log2 - lse_log2[None, :])
+    grad_v = _matmul_add(probs.to(grad_out.dtype), grad_out, grad_v)
+    grad_logits = probs * (_matmul(v, tl.trans(grad_out)) - delta[None, :])
+    grad_k = _matmul_add(grad_logits.to(q.dtype), q, grad_k)
+    return grad_k, grad_v
+
+
+@triton.jit
+def _key_row_bias(col_bias, first_offset, key_row, KERNEL_SIZE: tl.constexpr,
+                  TILE_H: tl.constexpr):
+    """Additive mask [N, CHUNK_W] of a key tile against a row of queries,
+    ``first_offset`` (constexpr) the tile's first key row minus the
+    queries' row (input pixels): the column band, plus the row band where
+    some key row is out of the queries' reach."""
+    bias = col_bias
+    if first_offset < -(KERNEL_SIZE // 2):
+        bias = col_bias + _band(first_offset + key_row, KERNEL_SIZE // 2)[:,
+                                                                          None]
+    if first_offset + TILE_H - 1 > KERNEL_SIZE // 2:
+        bias = col_bias + _band(first_offset + key_row, KERNEL_SIZE // 2)[:,
+                                                                          None]
+    return bias
+
+
+@triton.jit
+def _mirror_image(position, size, kind, PAD: tl.constexpr,
+                  SMALL_MAP: tl.constexpr):
+    """Padded position of image ``kind`` of pixels ``position`` on an axis
+    of ``size`` pixels, and whether they have it.
+
+    Kinds 0, 1, 2: the pixel itself; its mirror image at 0 (-position, for
+    pixels 1 .. pad); at size - 1 (2 * (size - 1) - position, for pixels
+    size - 1 - pad .. size - 2); no others within pad of a map larger than
+    pad. SMALL_MAP: kind c is padded position c - pad, an image of the
+    pixels it reflects to (size + 2 * pad kinds).
+    """
+    if SMALL_MAP:
+        image = tl.zeros_like(position) + kind - PAD
+        has = _reflect(image, size, PAD, True) == position
+    else:
+        mirrored = tl.where(kind == 1, -position, 2 * (size - 1) - position)
+        image = tl.where(kind == 0, position, mirrored)
+        has = ((kind == 0) | ((kind == 1) & (position >= 1) &
+                              (position <= PAD)) |
+               ((kind == 2) & (position >= size - 1 - PAD) &
+                (position <= size - 2)))
+    return image, has
+
+
+@triton.jit
+def _mirror_grads(k, v, grad_k, grad_v, key_y, key_x, key_valid, q_ptr, g_ptr,
+                  lse_ptr, delta_ptr, stats_base, height, width, out_height,
+                  out_width, scale_log2, stride_qd, stride_qy, stride_qx,
+                  stride_gd, stride_gy, stride_gx, HEAD_DIM: tl.constexpr,
+                  KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
+                  SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+                  CHUNK_W: tl.constexpr):
+    """grad_k and grad_v of keys plus the terms of the queries that reach
+    them through their mirror images (padded positions off the map): per
+    (row image, column image) kind, over the rows of queries within reach
+    of the images, masks computed at run time."""
+    pad = KERNEL_SIZE // 2
+    far = 1 << 20
+    query = tl.arange(0, CHUNK_W)
+    if SMALL_MAP:
+        row_kinds, col_kinds = height + 2 * pad, width + 2 * pad
+    else:
+        row_kinds, col_kinds = 3, 3
+    for kinds in range(row_kinds * col_kinds):
+        image_y, has_y = _mirror_image(key_y, height, kinds // col_kinds, pad,
+                                       SMALL_MAP)
+        image_x, has_x = _mirror_image(key_x, width, kinds % col_kinds, pad,
+                                       SMALL_MAP)
+        # The keys' own positions are the direct loop's.
+        has = (
+            key_valid & has_y & has_x & ((image_y != key_y) |
+                                         (image_x != key_x)))
+        lowest_y = tl.min(tl.where(has, image_y, far), axis=0)
+        highest_y = tl.max(tl.where(has, image_y, -far), axis=0)
+        lowest_x = tl.min(tl.where(has, image_x, far), axis=0)
+        # Output rows and columns whose windows reach the images: ceil and
+        # floor of (image -+ pad) / STRIDE, within the map.
+        first_out_row = (tl.maximum(lowest_y - pad, 0) + STRIDE - 1) // STRIDE
+        last_out_row = tl.minimum((highest_y + pad) // STRIDE, out_height - 1)
+        out_col = (tl.maximum(lowest_x - pad, 0) + STRIDE -
+                   1) // STRIDE + query
+        col_bias = tl.where(
+            has[:, None],
+            _band(image_x[:, None] - STRIDE * out_col[None, :], pad),
+            _MASKED_LOGIT)
+        for out_row in range(first_out_row, last_out_row + 1):
+            q, grad_out, lse_log2, delta = _query_row_inputs(
+                q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col, stats_base,
+                out_height, out_width, stride_qd, stride_qy, stride_qx,
+                stride_gd, stride_gy, stride_gx, HEAD_DIM, STRIDE, BLOCK_D)
+            bias = col_bias + _band(image_y - STRIDE * out_row, pad)[:, None]
+            grad_k, grad_v = _slot_row_grad_key_value(k, v, q, grad_out, bias,
+                                                      lse_log2, delta, grad_k,
+                                                      grad_v, scale_log2)
+    return grad_k, grad_v
+
+
+@triton.jit
+def _key_tile_grads(dk_ptr, dv_ptr, q_ptr, g_ptr, lse_ptr, delta_ptr, grad_k,
+                    grad_v, k, v, key_y, key_x, stats_base, height, width,
+                    out_height, out_width, scale, scale_log2, stride_qd,
+                    stride_qy, stride_qx, stride_gd, stride_gy, stride_gx,
+                    stride_dkd, stride_dky, stride_dkx, stride_dvd, stride_dvy,
+                    stride_dvx, HEAD_DIM: tl.constexpr,
+                    KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
+                    SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+                    CHUNK_W: tl.constexpr):
+    """Add the mirror images' terms to a key tile's gradients (tiles within
+    reach of an edge) and store dK, dV."""
+    pad = KERNEL_SIZE // 2
+    key_valid = (key_y < height) & (key_x < width)
+    first_y, last_y = tl.min(key_y, axis=0), tl.max(key_y, axis=0)
+    first_x, last_x = tl.min(key_x, axis=0), tl.max(key_x, axis=0)
+    if SMALL_MAP | (first_y <= pad) | (last_y >= height - 1 - pad) | (
+            first_x <= pad) | (last_x >= width - 1 - pad):
+        grad_k, grad_v = _mirror_grads(
+            k, v, grad_k, grad_v, key_y, key_x, key_valid, q_ptr, g_ptr,
+            lse_ptr, delta_ptr, stats_base, height, width, out_height,
+            out_width, scale_log2, stride_qd, stride_qy, stride_qx, stride_gd,
+            stride_gy, stride_gx, HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP,
+            BLOCK_D, CHUNK_W)
+    _store_channel_major(dk_ptr, grad_k * scale, stride_dkd,
+                         key_y * stride_dky + key_x * stride_dkx, key_valid,
+                         HEAD_DIM, BLOCK_D)
+    _store_channel_major(dv_ptr, grad_v, stride_dvd,
+                         key_y * stride_dvy + key_x * stride_dvx, key_valid,
+                         HEAD_DIM, BLOCK_D)
+
+
+@_jit
+def _slot_grad_key_value_kernel(
+        q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_gb, stride_gh, stride_gd,
+        stride_gy, stride_gx, stride_dkb, stride_dkh, stride_dkd, stride_dky,
+        stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
+        heads, height, width, out_height, out_width, scale,
+        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
+        CHUNK_W: tl.constexpr):
+    """Program (column of tiles, row of TILES tiles, map): dK and dV of
+    TILES (1 or 2) TILE_H x TILE_W key tiles stacked vertically.
+
+    A key's own position is reached by the queries within pad of it: the
+    rows of CHUNK_W queries over the tiles, shared rows loaded once, in a
+    loop unrolled so that each step's window mask is known at compile time
+    (as in :func:`_slot_forward_kernel`, transposed). Tiles within reach of
+    an edge then add the queries that reach their keys through mirror
+    images (:func:`_mirror_grads`). Every key is summed by one program in a
+    fixed order: no atomics.
+    """
+    pad: tl.constexpr = KERNEL_SIZE // 2
+    first_col = tl.program_id(0) * TILE_W
+    first_row = tl.program_id(1) * (TILES * TILE_H)
+    batch_head = tl.program_id(2)
+    q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
+    g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
+    k_ptr += _map_offset(batch_head, heads, stride_kb, stride_kh)
+    v_ptr += _map_offset(batch_head, heads, stride_vb, stride_vh)
+    dk_ptr += _map_offset(batch_head, heads, stride_dkb, stride_dkh)
+    dv_ptr += _map_offset(batch_head, heads, stride_dvb, stride_dvh)
+    stats_base = batch_head.to(tl.int64) * out_height * out_width
+    scale_log2 = _exponent_scale(scale)
+
+    # Tile origins are multiples of STRIDE (TILE_H and TILE_W are), so the
+    # first query row (column) in reach, ceil((first - pad) / STRIDE), is
+    # first / STRIDE - pad // STRIDE and every offset between a key and a
+    # query of the loop is known at compile time.
+    key = tl.arange(0, TILE_H * TILE_W)
+    key_row = key // TILE_W
+    key_x = first_col + key % TILE_W
+    query = tl.arange(0, CHUNK_W)
+    reach = STRIDE * (pad // STRIDE)
+    out_col = first_col // STRIDE - pad // STRIDE + query
+    col_bias = _band((key % TILE_W)[:, None] + reach - STRIDE * query[None, :],
+                     pad)
+
+    key_y0 = first_row + key_row
+    valid0 = (key_y0 < height) & (key_x < width)
+    k0 = _signed(
+        _load_pixels(k_ptr, key_y0 * stride_ky + key_x * stride_kx, valid0,
+                     stride_kd, HEAD_DIM, BLOCK_D, False), scale)
+    v0 = _load_pixels(v_ptr, key_y0 * stride_vy + key_x * stride_vx, valid0,
+                      stride_vd, HEAD_DIM, BLOCK_D, False)
+    grad_k0 = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
+    grad_v0 = grad_k0
+    key_y1 = key_y0 + TILE_H
+    if TILES == 2:
+        valid1 = (key_y1 < height) & (key_x < width)
+        k1 = _signed(
+            _load_pixels(k_ptr, key_y1 * stride_ky + key_x * stride_kx, valid1,
+                         stride_kd, HEAD_DIM, BLOCK_D, False), scale)
+        v1 = _load_pixels(v_ptr, key_y1 * stride_vy + key_x * stride_vx,
+                          valid1, stride_vd, HEAD_DIM, BLOCK_D, False)
+        grad_k1, grad_v1 = grad_k0, grad_v0
+
+    for row in tl.static_range((TILES * TILE_H - 1 + pad) // STRIDE +
+                               pad // STRIDE + 1):
+        q, grad_out, lse_log2, delta = _query_row_inputs(
+            q_ptr, g_ptr, lse_ptr, delta_ptr,
+            first_row // STRIDE - pad // STRIDE + row, out_col, stats_base,
+            out_height, out_width, stride_qd, stride_qy, stride_qx, stride_gd,
+            stride_gy, stride_gx, HEAD_DIM, STRIDE, BLOCK_D)
+        # The first key row of tile 0 minus the queries' input row.
+        offset = reach - STRIDE * row
+        if (offset + TILE_H - 1 >= -pad) & (offset <= pad):
+            grad_k0, grad_v0 = _slot_row_grad_key_value(
+                k0, v0, q, grad_out,
+                _key_row_bias(col_bias, offset, key_row, KERNEL_SIZE, TILE_H),
+                lse_log2, delta, grad_k0, grad_v0, scale_log2)
+        if TILES == 2:
+            if (offset + 2 * TILE_H - 1 >= -pad) & (offset + TILE_H <= pad):
+                grad_k1, grad_v1 = _slot_row_grad_key_value(
+                    k1, v1, q, grad_out,
+                    _key_row_bias(col_bias, offset + TILE_H, key_row,
+                                  KERNEL_SIZE, TILE_H), lse_log2, delta,
+                    grad_k1, grad_v1, scale_log2)
+
+    _key_tile_grads(dk_ptr, dv_ptr, q_ptr, g_ptr, lse_ptr, delta_ptr, grad_k0,
+                    grad_v0, k0, v0, key_y0, key_x, stats_base, height, width,
+                    out_height, out_width, scale, scale_log2, stride_qd,
+                    stride_qy, stride_qx, stride_gd, stride_gy, stride_gx,
+                    stride_dkd, stride_dky, stride_dkx, stride_dvd, stride_dvy,
+                    stride_dvx, HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP,
+                    BLOCK_D, CHUNK_W)
+    if TILES == 2:
+        _key_tile_grads(dk_ptr, dv_ptr, q_ptr, g_ptr, lse_ptr, delta_ptr,
+                        grad_k1, grad_v1, k1, v1, key_y1, key_x, stats_base,
+                        height, width, out_height, out_width, scale,
+                        scale_log2, stride_qd, stride_qy, stride_qx, stride_gd,
+                        stride_gy, stride_gx, stride_dkd, stride_dky,
+                        stride_dkx, stride_dvd, stride_dvy, stride_dvx,
+                        HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP, BLOCK_D,
+                        CHUNK_W)
+
+
 # ----------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------
@@ -789,8 +1215,8 @@ class SlotTiling(NamedTuple):
 
 def slot_tiling(kernel_size: int, stride: int, head_dim: int,
                 dtype: torch.dtype) -> SlotTiling:
-    """Key-slot forward: 16 queries per tile, 2 x 8 (4 x 4 at stride 2,
-    which spreads the windows), against rows of stride * (tile_w - 1) +
+    """Key-slot forward and dQ: 16 queries per tile, 2 x 8 (4 x 4 at stride
+    2, which spreads the windows), against rows of stride * (tile_w - 1) +
     kernel_size slots (a chunk of 16 for 7 x 7 windows): 128 logits for 49
     at stride 1. Two tiles per program up to 32 channels share their key
     rows and set-up; wider heads take one (registers)."""
@@ -798,6 +1224,19 @@ def slot_tiling(kernel_size: int, stride: int, head_dim: int,
     return SlotTiling(
         tile_h, tile_w, 2 if head_dim <= 32 else 1,
         max(16, triton.next_power_of_2(stride * (tile_w - 1) + kernel_size)))
+
+
+def slot_key_tiling(kernel_size: int, stride: int, head_dim: int,
+                    dtype: torch.dtype) -> SlotTiling:
+    """Key-slot dK/dV: 2 x 8 keys per tile (origins multiples of the
+    stride), two per program up to 32 channels, against rows of the
+    queries within reach of a tile row: (8 - 1 + 2 * pad) / stride + 1
+    (14 for 7 x 7 windows at stride 1, in a chunk of 16)."""
+    pad = kernel_size // 2
+    tile_h, tile_w = 2, 8
+    reach = (tile_w - 1 + pad) // stride + pad // stride + 1
+    return SlotTiling(tile_h, tile_w, 2 if head_dim <= 32 else 1,
+                      max(16, triton.next_power_of_2(reach)))
 
 
 def _operand_width(head_dim: int, dtype: torch.dtype) -> int:
@@ -868,18 +1307,17 @@ class KernelSpec(NamedTuple):
     """A kernel, the tiling its launcher gives it and its other constexpr
     arguments (used to compile the kernels ahead of time), whether its
     programs tile the output (queries) or the input (keys), and the
-    num_warps its autotuner tries."""
+    num_warps its autotuner tries for a head dim."""
     kernel: Callable
     tiling: Callable[[int, int, int, torch.dtype], Tiling]
     extra_meta: Dict[str, bool]
     tiles_queries: bool
-    warps: Tuple[int, ...]  # num_warps its tiles suit
+    warps: Callable[[int], Tuple[int, ...]]  # num_warps its tiles suit
 
-    @property
-    def tuning_configs(self) -> Tuple[Tuple[int, int], ...]:
-        """The TUNING_CONFIGS with warps it suits."""
-        return tuple(config for config in TUNING_CONFIGS
-                     if config[0] in self.warps)
+    def tuning_configs(self, head_dim: int) -> Tuple[Tuple[int, int], ...]:
+        """The TUNING_CONFIGS with warps it suits at ``head_dim``."""
+        warps = self.warps(head_dim)
+        return tuple(config for config in TUNING_CONFIGS if config[0] in warps)
 
     def launch_plan(self, shape: Tuple[int, int, int, int,
                                        int], kernel_size: int, stride: int,
@@ -895,21 +1333,45 @@ class KernelSpec(NamedTuple):
             tiling.loop_trips)
 
 
-# Region kernels: 64-query tiles, 4 or 8 warps; the slot forward: 16-query
-# tiles (one tensor-core tile per warp), 1 or 2 warps.
+def _region_warps(head_dim: int) -> Tuple[int, ...]:
+    """Region kernels, 64-pixel tiles: 4 or 8 warps."""
+    return (4, 8)
+
+
+def _slot_warps(head_dim: int) -> Tuple[int, ...]:
+    """Slot kernels, 16-pixel tiles (one tensor-core tile per warp): 1 or 2
+    warps up to 32 channels; 2 or 4 above, where one tile's rows fill
+    fewer registers per thread."""
+    return (1, 2) if head_dim <= 32 else (2, 4)
+
+
+def _slot_key_warps(head_dim: int) -> Tuple[int, ...]:
+    """Slot dK/dV, which also keeps k, v, dK and dV of its keys: as
+    :func:`_slot_warps` but 2 warps at 17-32 channels (1 spills)."""
+    return (2, ) if 16 < head_dim <= 32 else _slot_warps(head_dim)
+
+
 KERNELS = {
     'forward':
-    KernelSpec(_forward_kernel, query_tiling, {}, True, (4, 8)),
+    KernelSpec(_forward_kernel, query_tiling, {}, True, _region_warps),
     'slot_forward':
     KernelSpec(_slot_forward_kernel, slot_tiling, {
         'HEAD_CONTIGUOUS': False,
         'VECTOR': 1
-    }, True, (1, 2)),
+    }, True, _slot_warps),
     'grad_query':
     KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True},
-               True, (4, 8)),
+               True, _region_warps),
+    'slot_grad_query':
+    KernelSpec(_slot_grad_query_kernel, slot_tiling, {
+        'HEAD_CONTIGUOUS': False,
+        'VECTOR': 1
+    }, True, _slot_warps),
     'grad_key_value':
-    KernelSpec(_grad_key_value_kernel, key_tiling, {}, False, (4, 8)),
+    KernelSpec(_grad_key_value_kernel, key_tiling, {}, False, _region_warps),
+    'slot_grad_key_value':
+    KernelSpec(_slot_grad_key_value_kernel, slot_key_tiling, {}, False,
+               _slot_key_warps),
 }
 
 # (num_warps, num_stages) candidates of the autotuner.
@@ -943,15 +1405,15 @@ def _compilable(configs: list, *args, **kwargs) -> list:
     ]
 
 
-def _autotuned(spec: KernelSpec):
-    """``spec.kernel`` autotuned over its tuning configs on GPUs, keyed by
-    (head dim, kernel size, stride, its extra constexprs) and the dtypes;
-    the interpreter runs the kernel as is."""
+def _autotuned(spec: KernelSpec, head_dim: int):
+    """``spec.kernel`` autotuned over its tuning configs for ``head_dim`` on
+    GPUs, keyed by (head dim, kernel size, stride, its extra constexprs) and
+    the dtypes; the interpreter runs the kernel as is."""
     if interpreter_active():
         return spec.kernel
     configs = [
         triton.Config({}, num_warps=warps, num_stages=stages)
-        for warps, stages in spec.tuning_configs
+        for warps, stages in spec.tuning_configs(head_dim)
     ]
     key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *spec.extra_meta]
     return triton.autotune(
@@ -960,9 +1422,21 @@ def _autotuned(spec: KernelSpec):
                                                 spec.kernel)
 
 
-# Autotuned kernels by name, made at their first launch: Triton 3.2 and 3.3
-# need a GPU driver to make an autotuner.
-_AUTOTUNED: Dict[str, Callable] = {}
+# Autotuned kernels by name and warps tried, made at their first launch:
+# Triton 3.2 and 3.3 need a GPU driver to make an autotuner.
+_AUTOTUNED: Dict[Tuple[str, Tuple[int, ...]], Callable] = {}
+
+
+def _autotuned_kernel(name: str, head_dim: int) -> Callable:
+    """Kernel ``name`` autotuned for ``head_dim`` (made once per set of
+    warps it tries)."""
+    spec = KERNELS[name]
+    key = (name, spec.warps(head_dim))
+    if key not in _AUTOTUNED:
+        _AUTOTUNED[key] = _autotuned(spec, head_dim)
+    return _AUTOTUNED[key]
+
+
 # The tuning config each kernel last ran with (None: interpreter).
 _LAST_CONFIGS: Dict[str, Optional[Tuple[int, int]]] = {}
 
@@ -1039,9 +1513,7 @@ def _launch(name: str,
     try:
         with _device_guard(q):
             if config is None:
-                if name not in _AUTOTUNED:
-                    _AUTOTUNED[name] = _autotuned(KERNELS[name])
-                kernel = _AUTOTUNED[name]
+                kernel = _autotuned_kernel(name, meta['HEAD_DIM'])
                 kernel[grid](*args, **meta)
                 best = getattr(kernel, 'best_config', None)
                 _LAST_CONFIGS[name] = best and (best.num_warps,
@@ -1142,28 +1614,42 @@ def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
                       min(height, width) <= kernel_size // 2)
 
 
-# 'slot_forward' or 'forward' forces that forward kernel (for benchmarks);
-# unset, :func:`forward_kernel_name` decides.
-FORWARD_KERNEL_ENV = 'ACMIX_FORWARD_KERNEL'
-FORWARD_KERNELS = ('slot_forward', 'forward')
+class KernelSet(NamedTuple):
+    """The KERNELS of one design: forward, dQ (and delta), dK/dV."""
+    forward: str
+    grad_query: str
+    grad_key_value: str
 
 
-def forward_kernel_name(head_dim: int, stride: int) -> str:
-    """The forward kernel for ``head_dim`` and ``stride``, or the one
-    ``ACMIX_FORWARD_KERNEL`` names.
+# 'slot': rows of reflection-padded key slots (or, for dK/dV, of queries)
+# with static window masks; 'region': a tile's whole key (query) region
+# with reflection counted per logit.
+KERNEL_DESIGNS = {
+    'slot': KernelSet('slot_forward', 'slot_grad_query',
+                      'slot_grad_key_value'),
+    'region': KernelSet('forward', 'grad_query', 'grad_key_value'),
+}
+# Names the design to run whatever the shape (benchmarks, tests); unset,
+# :func:`kernel_design` decides.
+KERNEL_DESIGN_ENV = 'ACMIX_KERNEL_DESIGN'
 
-    'slot_forward' (key slots, 128 logits for 49 at stride 1) up to 32
-    channels at stride 1. 'forward' (key regions, 256 logits for 49) for
-    wider heads, where a 2 x 8 tile reloads its key rows too often, and at
-    stride 2, where 4 x 4 slot tiles compute 208 logits for 49.
+
+def kernel_design(head_dim: int, stride: int) -> str:
+    """The kernel design for ``head_dim`` and ``stride``, or the one
+    ``ACMIX_KERNEL_DESIGN`` names.
+
+    'slot' (128 logits per query for 49 at stride 1) up to 32 channels at
+    stride 1. 'region' (256 logits for 49) for wider heads, where a 2 x 8
+    tile reloads its rows too often, and at stride 2, where 4 x 4 slot
+    tiles compute 208 logits for 49.
     """
-    forced = os.environ.get(FORWARD_KERNEL_ENV, '').strip()
+    forced = os.environ.get(KERNEL_DESIGN_ENV, '').strip()
     if forced:
-        if forced not in FORWARD_KERNELS:
-            raise ValueError(f'{FORWARD_KERNEL_ENV} must be one of '
-                             f'{FORWARD_KERNELS}, got {forced!r}')
+        if forced not in KERNEL_DESIGNS:
+            raise ValueError(f'{KERNEL_DESIGN_ENV} must be one of '
+                             f'{tuple(KERNEL_DESIGNS)}, got {forced!r}')
         return forced
-    return 'slot_forward' if stride == 1 and head_dim <= 32 else 'forward'
+    return 'slot' if stride == 1 and head_dim <= 32 else 'region'
 
 
 def _vector_width(*tensors: Tensor) -> int:
@@ -1177,6 +1663,16 @@ def _vector_width(*tensors: Tensor) -> int:
                 or tensor.data_ptr() % 16):
             return 0
     return width
+
+
+def _vector_loads(*tensors: Tensor) -> Tuple[dict, Tuple[int, ...]]:
+    """HEAD_CONTIGUOUS and VECTOR of a slot kernel that loads ``tensors``
+    (one 16-byte vector per pixel where :func:`_vector_width` allows), and
+    their strides in VECTOR units."""
+    vector = _vector_width(*tensors) or 1
+    strides = sum((_strides(tensor) for tensor in tensors), ())
+    return (dict(HEAD_CONTIGUOUS=vector > 1,
+                 VECTOR=vector), tuple(stride // vector for stride in strides))
 
 
 def local_attention_forward(
@@ -1217,15 +1713,12 @@ def local_attention_forward(
                       device=v.device)
     if out.numel() == 0:
         return out, lse
-    name = forward_kernel_name(head_dim, stride)
+    name = KERNEL_DESIGNS[kernel_design(head_dim, stride)].forward
     tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
     input_strides = _strides(q) + _strides(k) + _strides(v)
     extra_meta = {}
     if name == 'slot_forward':
-        vector = _vector_width(q, k, v)
-        extra_meta = dict(HEAD_CONTIGUOUS=vector > 0, VECTOR=vector or 1)
-        input_strides = tuple(stride // (vector or 1)
-                              for stride in input_strides)
+        extra_meta, input_strides = _vector_loads(q, k, v)
     _launch(
         name,
         q,
@@ -1295,18 +1788,21 @@ def local_attention_backward(
     if q.numel() == 0 or not (need_grad_q or need_grad_kv):
         return grad_q, grad_k, grad_v
     maps = batch * heads
+    kernels = KERNEL_DESIGNS[kernel_design(head_dim, stride)]
     common = _shape_meta(q, kernel_size, stride)
     sizes = (heads, height, width, out_height, out_width, float(scale))
     delta = torch.empty_like(lse)
-    tiling = query_tiling(kernel_size, stride, head_dim, q.dtype)
-    grid = tiling.grid(out_height, out_width, maps)
-    # Without dQ the kernel only writes delta: any pointer stands in.
-    dq_target = grad_q if need_grad_q else delta
-    dq_strides = _strides(grad_q) if need_grad_q else (0, ) * 5
+    # Without dQ the region kernel only writes delta: any pointer stands in.
+    name, extra_meta = 'grad_query', dict(COMPUTE_GRAD_Q=need_grad_q)
+    key_value_strides = _strides(k) + _strides(v)
+    if need_grad_q and kernels.grad_query == 'slot_grad_query':
+        name = 'slot_grad_query'
+        extra_meta, key_value_strides = _vector_loads(k, v)
+    tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
     _launch(
-        'grad_query',
+        name,
         q,
-        grid,
+        tiling.grid(out_height, out_width, maps),
         q,
         k,
         v,
@@ -1314,25 +1810,24 @@ def local_attention_backward(
         grad_out,
         lse,
         delta,
-        dq_target,
+        grad_q if need_grad_q else delta,
         *_strides(q),
-        *_strides(k),
-        *_strides(v),
+        *key_value_strides,
         *_strides(out),
         *_strides(grad_out),
-        *dq_strides,
+        *(_strides(grad_q) if need_grad_q else (0, ) * 5),
         *sizes,
         config=config,
         **common,
         **tiling.as_meta(),
-        COMPUTE_GRAD_Q=need_grad_q)
+        **extra_meta)
     if need_grad_kv:
-        tiling = key_tiling(kernel_size, stride, head_dim, q.dtype)
-        grid = tiling.grid(height, width, maps)
+        name = kernels.grad_key_value
+        tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
         _launch(
-            'grad_key_value',
+            name,
             q,
-            grid,
+            tiling.grid(height, width, maps),
             q,
             k,
             v,

@@ -165,17 +165,22 @@ class FailingKernel:
 def break_kernel(monkeypatch, name):
     triton_kernels = pytest.importorskip('acmix_mm.ops.triton_kernels')
     kernel = FailingKernel()
-    monkeypatch.setitem(triton_kernels._AUTOTUNED, name, kernel)
+    autotuned_kernel = triton_kernels._autotuned_kernel
+    monkeypatch.setattr(
+        triton_kernels, '_autotuned_kernel', lambda launched, head_dim: kernel
+        if launched == name else autotuned_kernel(launched, head_dim))
     monkeypatch.delenv(triton_kernels.TUNING_CONFIG_ENV, raising=False)
     return kernel
 
 
-@pytest.mark.parametrize('name', ['slot_forward', 'forward', 'grad_key_value'])
-def test_failing_kernel_falls_back_with_one_warning(monkeypatch, name):
+@pytest.mark.parametrize('part', ['forward', 'grad_key_value'])
+@pytest.mark.parametrize('design', ['slot', 'region'])
+def test_failing_kernel_falls_back_with_one_warning(monkeypatch, design, part):
     cuda_order_on_cpu(monkeypatch)
+    triton_kernels = pytest.importorskip('acmix_mm.ops.triton_kernels')
+    monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, design)
+    name = getattr(triton_kernels.KERNEL_DESIGNS[design], part)
     kernel = break_kernel(monkeypatch, name)
-    if name in ('slot_forward', 'forward'):
-        monkeypatch.setenv('ACMIX_FORWARD_KERNEL', name)
     q, k, v = leaf_qkv()
     messages = auto_warnings(q, k, v)
     assert kernel.calls == 1  # the failed variant is not tried again
@@ -186,7 +191,8 @@ def test_failing_kernel_falls_back_with_one_warning(monkeypatch, name):
 def test_layer_with_auto_trains_through_a_failing_kernel(monkeypatch):
     cuda_order_on_cpu(monkeypatch)
     triton_kernels = pytest.importorskip('acmix_mm.ops.triton_kernels')
-    break_kernel(monkeypatch, triton_kernels.forward_kernel_name(8, 1))
+    design = triton_kernels.kernel_design(8, 1)
+    break_kernel(monkeypatch, triton_kernels.KERNEL_DESIGNS[design].forward)
     reference = randomize_(
         ACmix(8, 16, kernel_att=5, head=2, attn_impl='reference'))
     auto = ACmix(8, 16, kernel_att=5, head=2, attn_impl='auto')

@@ -187,32 +187,57 @@ def test_every_tuning_config_matches_reference(config):
         assert_close(grad, expected, torch.bfloat16, f'grad {name}')
 
 
-def other_forward_kernel(head_dim, stride):
-    """The forward kernel forward_kernel_name does not choose."""
-    chosen = triton_kernels.forward_kernel_name(head_dim, stride)
-    return next(name for name in triton_kernels.FORWARD_KERNELS
+def other_kernel_design(head_dim, stride):
+    """The kernel design kernel_design does not choose."""
+    chosen = triton_kernels.kernel_design(head_dim, stride)
+    return next(name for name in triton_kernels.KERNEL_DESIGNS
                 if name != chosen)
 
 
 @pytest.mark.parametrize(
-    'shape', SHAPES + [(2, 1, 8, 3, 2, 7, 1), (1, 1, 16, 1, 4, 5, 2)], ids=str)
-def test_each_forward_kernel_matches_reference(monkeypatch, shape):
-    """The forward kernel not chosen for the shape (the other tests run
-    the chosen one), its lse through the gradients."""
+    'shape',
+    SHAPES + [(2, 1, 8, 3, 2, 7, 1), (1, 1, 16, 1, 4, 5, 2),
+              (1, 1, 8, 21, 30, 7, 1)],
+    ids=str)
+def test_each_kernel_design_matches_reference(monkeypatch, shape):
+    """The kernels of the design not chosen for the shape (the other tests
+    run the chosen one): each kernel of each design meets every shape."""
     torch.manual_seed(14)
     batch, heads, head_dim, height, width, kernel_size, stride = shape
-    kernel = other_forward_kernel(head_dim, stride)
-    monkeypatch.setenv(triton_kernels.FORWARD_KERNEL_ENV, kernel)
+    design = other_kernel_design(head_dim, stride)
+    monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, design)
     q, k, v = random_qkv(batch, heads, head_dim, height, width)
     check_against_reference(q, k, v, kernel_size, stride)
-    assert set(triton_kernels.last_tuning_configs()) >= {kernel}
+    assert set(triton_kernels.last_tuning_configs()) >= set(
+        triton_kernels.KERNEL_DESIGNS[design])
+
+
+@pytest.mark.parametrize('design', ['slot', 'region'])
+@pytest.mark.parametrize('scale', [-0.6, 0.0])
+def test_scale_of_any_sign(monkeypatch, design, scale):
+    """Non-positive scales: the slot kernels mask and take maxima before
+    scaling, so they sign an operand and exponentiate by |scale|."""
+    monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, design)
+    torch.manual_seed(16)
+    q, k, v = random_qkv(2, 1, 16, 9, 11)
+    out = local_attention(q, k, v, 5, 1, scale)
+    grad_out = torch.randn(out.shape).to(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    expected_out = local_attention_reference(*leaves, 5, 1, scale)
+    expected_grads = torch.autograd.grad(expected_out, leaves,
+                                         grad_out.double())
+    assert_close(out, expected_out, torch.float32, 'out')
+    for name, grad, expected in zip('qkv', grads, expected_grads):
+        assert_close(grad, expected, torch.float32, f'grad {name}')
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 @pytest.mark.parametrize('head_dim,stride', [(16, 1), (8, 1), (32, 2)])
 def test_head_contiguous_maps_load_vectors(head_dim, stride, dtype):
     """q, k, v with channel stride 1 (a channels-last projection): the slot
-    forward's vector loads, also with a head_dim below its block."""
+    forward's and dQ's vector loads, also with a head_dim below its
+    block."""
     torch.manual_seed(15)
     batch, heads, height, width = 2, 2, 9, 19
     base = torch.randn(batch, height, width, 3, heads, head_dim)
@@ -224,14 +249,14 @@ def test_head_contiguous_maps_load_vectors(head_dim, stride, dtype):
     assert q.stride(2) == 1 and q.stride(-1) % vector == 0
     assert triton_kernels._vector_width(q, k, v) == vector
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(triton_kernels.FORWARD_KERNEL_ENV, 'slot_forward')
+        patch.setenv(triton_kernels.KERNEL_DESIGN_ENV, 'slot')
         check_against_reference(q, k, v, 7, stride)
 
 
-def test_unknown_forward_kernel_is_named(monkeypatch):
-    monkeypatch.setenv(triton_kernels.FORWARD_KERNEL_ENV, 'fastest')
-    with pytest.raises(ValueError, match="ACMIX_FORWARD_KERNEL.*'fastest'"):
-        triton_kernels.forward_kernel_name(16, 1)
+def test_unknown_kernel_design_is_named(monkeypatch):
+    monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, 'fastest')
+    with pytest.raises(ValueError, match="ACMIX_KERNEL_DESIGN.*'fastest'"):
+        triton_kernels.kernel_design(16, 1)
 
 
 @pytest.mark.parametrize('stride', [1, 2])
@@ -280,7 +305,9 @@ def test_broadcast_grad_out_of_a_sum():
         assert_close(leaf.grad, expected, torch.float32, f'grad {name}')
 
 
-def test_backward_is_deterministic():
+@pytest.mark.parametrize('design', ['slot', 'region'])
+def test_backward_is_deterministic(monkeypatch, design):
+    monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, design)
     torch.manual_seed(9)
     q, k, v = random_qkv(2, 1, 16, 11, 9)
     out = local_attention(q, k, v, 7, 1, SCALE)
@@ -295,9 +322,7 @@ def test_backward_is_deterministic():
 def test_new_map_sizes_reuse_compiled_kernels():
     """Sizes and size-dependent strides are not specialised: after the
     first size (and its autotuning), other sizes compile nothing new."""
-    kernels = (triton_kernels._forward_kernel,
-               triton_kernels._grad_query_kernel,
-               triton_kernels._grad_key_value_kernel)
+    kernels = [spec.kernel for spec in triton_kernels.KERNELS.values()]
     if not all(hasattr(kernel, 'device_caches') for kernel in kernels):
         pytest.skip('this Triton keeps no per-device kernel caches')
 

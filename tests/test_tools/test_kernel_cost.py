@@ -273,7 +273,8 @@ def test_unsupported_head_dim_is_named():
 def test_a_variant_that_fails_to_compile_exits_1(kernel_cost, tmp_path):
     """A Triton cache directory that cannot be made fails the compile."""
     report = tmp_path / 'cost.json'
-    config = '{},{}'.format(*kernel_cost.KERNELS['forward'].tuning_configs[0])
+    config = '{},{}'.format(
+        *kernel_cost.KERNELS['forward'].tuning_configs(16)[0])
     variant = '--kernels forward --dtypes float16 --head-dims 16 --strides 1'
     result = run_tool(
         *variant.split(),
@@ -295,7 +296,8 @@ def test_a_variant_that_fails_to_compile_exits_1(kernel_cost, tmp_path):
 def test_one_variant_end_to_end(kernel_cost, tmp_path):
     """forward, bfloat16, head dim 16, strides 1 (coco/stage1) and 2 (no
     coco shape), the first tuning config, for sm_90."""
-    num_warps, num_stages = kernel_cost.KERNELS['forward'].tuning_configs[0]
+    num_warps, num_stages = kernel_cost.KERNELS['forward'].tuning_configs(
+        16)[0]
     report = tmp_path / 'cost.json'
     result = run_tool('--kernels', 'forward', '--dtypes', 'bfloat16',
                       '--head-dims', '16', '--strides', '1', '2',

@@ -138,7 +138,9 @@ FUSED_KERNELS = {
     'forward': '_forward_kernel',
     'slot_forward': '_slot_forward_kernel',
     'grad_query': '_grad_query_kernel',
+    'slot_grad_query': '_slot_grad_query_kernel',
     'grad_key_value': '_grad_key_value_kernel',
+    'slot_grad_key_value': '_slot_grad_key_value_kernel',
 }
 PROFILE_ITERATIONS = 5
 # Called with each finished row of a section.

@@ -354,7 +354,7 @@ def main() -> None:
         print(f'Triton {triton.__version__} runs float32 dots on the FMA '
               f'units: no tensor cores for float32')
     rows: List[dict] = []
-    print(f'{"kernel":<15}{"dtype":<9}{"D":>4}{"k":>3}{"s":>3}{"small":>6}'
+    print(f'{"kernel":<20}{"dtype":<9}{"D":>4}{"k":>3}{"s":>3}{"small":>6}'
           f'{"warps":>6}{"stages":>7}{"shared KB":>10}{"regs":>6}'
           f'{"stack":>6}{"tensor cores":>13}')
     variants = (
@@ -364,7 +364,7 @@ def main() -> None:
         itertools.product(args.kernels, args.dtypes, args.head_dims,
                           args.kernel_sizes, args.strides, args.small_maps)
         for num_warps, num_stages in (
-            args.tuning_configs or KERNELS[name].tuning_configs))
+            args.tuning_configs or KERNELS[name].tuning_configs(head_dim)))
     for row in compile_in_worker(compile_fn, args.arch, variants):
         rows.append(row)
         print(format_row(row, shared_limit), flush=True)
@@ -393,7 +393,7 @@ def dash_if_none(value: Optional[int]) -> str:
 
 
 def format_row(row: dict, shared_limit: int) -> str:
-    head = (f'{row["kernel"]:<15}{row["dtype"]:<9}{row["head_dim"]:>4}'
+    head = (f'{row["kernel"]:<20}{row["dtype"]:<9}{row["head_dim"]:>4}'
             f'{row["kernel_size"]:>3}{row["stride"]:>3}'
             f'{"yes" if row["small_map"] else "no":>6}{row["num_warps"]:>6}'
             f'{row["num_stages"]:>7}')

@@ -56,8 +56,8 @@ from compile_kernels import (DTYPE_NAMES, SHARED_MEMORY_LIMITS, CompileFn,
                              triton_compiler)
 
 import acmix_mm.ops.triton_kernels as triton_kernels
-from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNELS,
-                                         MAX_HEAD_DIM, MIN_HEAD_DIM,
+from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNEL_DESIGNS,
+                                         KERNELS, MAX_HEAD_DIM, MIN_HEAD_DIM,
                                          SUPPORTED_KERNEL_SIZES,
                                          SUPPORTED_STRIDES)
 
@@ -137,10 +137,10 @@ class Traffic(NamedTuple):
     tensors: str  # what is moved
 
 
-KERNEL_TRAFFIC = {
+# Compulsory traffic of each kernel's part of the op (a KernelSet field),
+# the same in every design.
+PART_TRAFFIC = {
     'forward':
-    Traffic(2, 2, 1, 'reads q at the queries, k, v; writes out, lse'),
-    'slot_forward':
     Traffic(2, 2, 1, 'reads q at the queries, k, v; writes out, lse'),
     'grad_query':
     Traffic(
@@ -150,6 +150,11 @@ KERNEL_TRAFFIC = {
     Traffic(
         2, 4, 2, 'reads q at the queries, k, v, grad_out, lse, delta; '
         'writes dk, dv'),
+}
+KERNEL_TRAFFIC = {
+    name: PART_TRAFFIC[part]
+    for design in KERNEL_DESIGNS.values()
+    for part, name in design._asdict().items()
 }
 OP_TRAFFIC = {
     'forward':
@@ -752,7 +757,7 @@ TABLE_COLUMNS = (
     ('meas us', 'measured_us', 8, '.1f'),
     ('meas/model', 'measured_over_modelled', 11, '.2f'),
 )
-TABLE_HEADER = (f'{"kernel":<15}{"dtype":<6}{"D":>4}{"s":>2}{"W,S":>5} '
+TABLE_HEADER = (f'{"kernel":<20}{"dtype":<6}{"D":>4}{"s":>2}{"W,S":>5} '
                 f'{"shape":<15}' +
                 ''.join(f'{header:>{width}}'
                         for header, _, width, _ in TABLE_COLUMNS))
@@ -760,7 +765,7 @@ TABLE_HEADER = (f'{"kernel":<15}{"dtype":<6}{"D":>4}{"s":>2}{"W,S":>5} '
 
 def format_record(record: dict) -> str:
     """One row of the table."""
-    head = (f'{record["kernel"]:<15}{DTYPE_NAMES[record["dtype"]]:<6}'
+    head = (f'{record["kernel"]:<20}{DTYPE_NAMES[record["dtype"]]:<6}'
             f'{record["head_dim"]:>4}{record["stride"]:>2}'
             f'{record["num_warps"]:>3},{record["num_stages"]} '
             f'{dash_if_none(record["shape"]):<15}')
@@ -782,7 +787,7 @@ def main() -> None:
         for arch, kernel, dtype, head_dim, stride in itertools.product(
             args.arch, args.kernels, args.dtypes, args.head_dims, args.strides)
         for num_warps, num_stages in (
-            args.tuning_configs or KERNELS[kernel].tuning_configs)
+            args.tuning_configs or KERNELS[kernel].tuning_configs(head_dim))
     ]
     variants = analyse_variants(compile_fn, tasks, args.jobs)
     records = [
