@@ -190,9 +190,7 @@ def test_failing_kernel_falls_back_with_one_warning(monkeypatch, design, part):
 
 def test_layer_with_auto_trains_through_a_failing_kernel(monkeypatch):
     cuda_order_on_cpu(monkeypatch)
-    triton_kernels = pytest.importorskip('acmix_mm.ops.triton_kernels')
-    design = triton_kernels.kernel_design(8, 1)
-    break_kernel(monkeypatch, triton_kernels.KERNEL_DESIGNS[design].forward)
+    break_kernel(monkeypatch, chosen_kernel('forward', 8, 1))
     reference = randomize_(
         ACmix(8, 16, kernel_att=5, head=2, attn_impl='reference'))
     auto = ACmix(8, 16, kernel_att=5, head=2, attn_impl='auto')
@@ -245,10 +243,18 @@ def test_named_triton_raises_for_unsupported_head_dim():
         local_attention(q, k, v, 3, attn_impl='triton')
 
 
+def chosen_kernel(part, head_dim, stride):
+    """The kernel the op runs for ``part`` (a KernelSet field)."""
+    triton_kernels = pytest.importorskip('acmix_mm.ops.triton_kernels')
+    design = triton_kernels.kernel_design(head_dim, stride)
+    return getattr(triton_kernels.KERNEL_DESIGNS[design], part)
+
+
 def test_named_triton_raises_when_a_kernel_fails(monkeypatch):
-    break_kernel(monkeypatch, 'grad_query')
     q, k, v = leaf_qkv()
-    with pytest.raises(RuntimeError, match='grad_query kernel failed'):
+    name = chosen_kernel('grad_query', q.shape[2], 1)
+    break_kernel(monkeypatch, name)
+    with pytest.raises(RuntimeError, match=f' {name} kernel failed'):
         outputs_and_grads(
             lambda *args: local_attention(*args, attn_impl='triton'), q, k, v)
 
