@@ -162,25 +162,43 @@ def test_large_maps_match_reference_on_cuda(shape, dtype):
     check_against_reference(q, k, v, kernel_size, stride)
 
 
+def shared_tuning_configs():
+    """(design, head_dim, config): each config that all kernels of a design
+    autotune over at head_dim."""
+    cases = []
+    for design, head_dim in (('slot', 16), ('region', 32)):
+        configs = [
+            set(triton_kernels.KERNELS[name].tuning_configs(head_dim))
+            for name in triton_kernels.KERNEL_DESIGNS[design]
+        ]
+        cases += [(design, head_dim, config)
+                  for config in sorted(set.intersection(*configs))]
+    return cases
+
+
 @cuda_only
-@pytest.mark.parametrize('config', triton_kernels.TUNING_CONFIGS, ids=str)
-def test_every_tuning_config_matches_reference(config):
-    """Each (num_warps, num_stages) the autotuner may pick, run explicitly
+@pytest.mark.parametrize(
+    'design,head_dim,config', shared_tuning_configs(), ids=str)
+def test_every_tuning_config_matches_reference(monkeypatch, design, head_dim,
+                                               config):
+    """Each (num_warps, num_stages) the autotuners may pick, run explicitly
     (the other tests may pin one with ACMIX_TUNING_CONFIG)."""
     if config not in triton_kernels.tuning_configs(torch.device(DEVICE)):
         pytest.skip(f'Triton {triton.__version__} cannot compile {config} '
                     'for this GPU')
+    monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, design)
     torch.manual_seed(13)
     q, k, v = [
-        t.detach() for t in random_qkv(2, 2, 32, 23, 29, torch.bfloat16)
+        t.detach() for t in random_qkv(2, 2, head_dim, 23, 29, torch.bfloat16)
     ]
     out, lse = triton_kernels.local_attention_forward(
         q, k, v, 7, 1, SCALE, config=config)
     grad_out = torch.randn(out.shape).to(out)
     grads = triton_kernels.local_attention_backward(
         grad_out, q, k, v, out, lse, 7, 1, SCALE, config=config)
-    assert set(triton_kernels.last_tuning_configs().values()) == \
-        {config}
+    last = triton_kernels.last_tuning_configs()
+    assert {last[name]
+            for name in triton_kernels.KERNEL_DESIGNS[design]} == {config}
     expected_out, expected_grads = reference_and_grads(q, k, v, 7, 1, grad_out)
     assert_close(out, expected_out, torch.bfloat16, 'out')
     for name, grad, expected in zip('qkv', grads, expected_grads):
