@@ -1632,6 +1632,24 @@ KERNEL_DESIGNS = {
 # Names the design to run whatever the shape (benchmarks, tests); unset,
 # :func:`kernel_design` decides.
 KERNEL_DESIGN_ENV = 'ACMIX_KERNEL_DESIGN'
+# The slot kernels unroll their loops over rows, which Triton 2.1's compiler
+# takes tens of minutes to lower (if it finishes); Triton 3.3 compiles them in
+# seconds, 3.0 to 3.2 are untried.
+SLOT_DESIGN_MIN_TRITON = (3, 3)
+
+
+def available_designs() -> Tuple[str, ...]:
+    """The KERNEL_DESIGNS the installed Triton compiles: 'region' always,
+    'slot' from Triton 3.3."""
+    if _TRITON_VERSION >= SLOT_DESIGN_MIN_TRITON:
+        return tuple(KERNEL_DESIGNS)
+    return ('region', )
+
+
+def available_kernels() -> Tuple[str, ...]:
+    """Names of the KERNELS of :func:`available_designs`."""
+    return tuple(name for design in available_designs()
+                 for name in KERNEL_DESIGNS[design])
 
 
 def kernel_design(head_dim: int, stride: int) -> str:
@@ -1639,17 +1657,22 @@ def kernel_design(head_dim: int, stride: int) -> str:
     ``ACMIX_KERNEL_DESIGN`` names.
 
     'slot' (128 logits per query for 49 at stride 1) up to 32 channels at
-    stride 1. 'region' (256 logits for 49) for wider heads, where a 2 x 8
-    tile reloads its rows too often, and at stride 2, where 4 x 4 slot
-    tiles compute 208 logits for 49.
+    stride 1, with Triton 3.3 or newer (:func:`available_designs`).
+    'region' (256 logits for 49) for wider heads, where a 2 x 8 tile
+    reloads its rows too often, and at stride 2, where 4 x 4 slot tiles
+    compute 208 logits for 49.
     """
     forced = os.environ.get(KERNEL_DESIGN_ENV, '').strip()
     if forced:
-        if forced not in KERNEL_DESIGNS:
+        if forced not in available_designs():
             raise ValueError(f'{KERNEL_DESIGN_ENV} must be one of '
-                             f'{tuple(KERNEL_DESIGNS)}, got {forced!r}')
+                             f'{available_designs()} with Triton '
+                             f'{triton.__version__} (slot: Triton >= 3.3), '
+                             f'got {forced!r}')
         return forced
-    return 'slot' if stride == 1 and head_dim <= 32 else 'region'
+    if 'slot' in available_designs() and stride == 1 and head_dim <= 32:
+        return 'slot'
+    return 'region'
 
 
 def _vector_width(*tensors: Tensor) -> int:

@@ -271,6 +271,18 @@ def test_head_contiguous_maps_load_vectors(head_dim, stride, dtype):
         check_against_reference(q, k, v, 7, stride)
 
 
+def test_triton_2_runs_the_region_design(monkeypatch):
+    """Triton 2.1 takes tens of minutes to compile the slot kernels; they
+    run from Triton 3.3."""
+    monkeypatch.setattr(triton_kernels, '_TRITON_VERSION', (2, 1))
+    assert triton_kernels.kernel_design(16, 1) == 'region'
+    assert set(triton_kernels.available_kernels()) == set(
+        triton_kernels.KERNEL_DESIGNS['region'])
+    monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, 'slot')
+    with pytest.raises(ValueError, match='slot: Triton >= 3.3'):
+        triton_kernels.kernel_design(16, 1)
+
+
 def test_unknown_kernel_design_is_named(monkeypatch):
     monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, 'fastest')
     with pytest.raises(ValueError, match="ACMIX_KERNEL_DESIGN.*'fastest'"):

@@ -55,7 +55,7 @@ from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNELS,
                                          MAX_HEAD_DIM, MIN_HEAD_DIM,
                                          SUPPORTED_KERNEL_SIZES,
                                          SUPPORTED_STRIDES, TUNING_CONFIGS,
-                                         shape_meta)
+                                         available_kernels, shape_meta)
 
 # Shared memory a block may use (bytes, with opt-in) per compute capability.
 SHARED_MEMORY_LIMITS = {
@@ -158,7 +158,11 @@ def parse_args() -> argparse.Namespace:
         help='1: the variant for maps with a side smaller '
         'than the window')
     parser.add_argument(
-        '--kernels', nargs='+', choices=list(KERNELS), default=list(KERNELS))
+        '--kernels',
+        nargs='+',
+        choices=list(KERNELS),
+        default=list(available_kernels()),
+        help='default: those the installed Triton compiles')
     parser.add_argument(
         '--tuning-configs',
         nargs='+',

@@ -59,7 +59,7 @@ import acmix_mm.ops.triton_kernels as triton_kernels
 from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNEL_DESIGNS,
                                          KERNELS, MAX_HEAD_DIM, MIN_HEAD_DIM,
                                          SUPPORTED_KERNEL_SIZES,
-                                         SUPPORTED_STRIDES)
+                                         SUPPORTED_STRIDES, available_kernels)
 
 BENCHMARK_SHAPES = COCO_SHAPES + IMAGENET_SHAPES
 
@@ -625,8 +625,8 @@ def parse_args() -> argparse.Namespace:
         '--kernels',
         nargs='+',
         choices=list(KERNELS),
-        default=list(KERNELS),
-        help='default: all')
+        default=list(available_kernels()),
+        help='default: those the installed Triton compiles')
     parser.add_argument(
         '--tuning-configs',
         nargs='+',
