@@ -402,6 +402,51 @@ def _load_pixels(ptr, pixel_offsets, pixel_valid, channel_stride,
 
 
 @triton.jit
+def _slot_tile_geometry(first_col, width, stride_kx, stride_vx,
+                        KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
+                        SMALL_MAP: tl.constexpr, TILE_H: tl.constexpr,
+                        TILE_W: tl.constexpr, CHUNK_W: tl.constexpr):
+    """Of a program whose query tiles start at column ``first_col``: the
+    offsets of each slot's source column in k and v and which slots some
+    window covers [CHUNK_W], each query's row in its tile and output
+    column [TILE_H * TILE_W], and the column band mask [TILE_H * TILE_W,
+    CHUNK_W].
+
+    Slot s of a row is padded column STRIDE * first_col - pad + s; query
+    i's window covers slots STRIDE * (i % TILE_W) + [0, KERNEL_SIZE).
+    """
+    pad = KERNEL_SIZE // 2
+    slot = tl.arange(0, CHUNK_W)
+    key_x = _reflect(STRIDE * first_col - pad + slot, width, pad, SMALL_MAP)
+    query = tl.arange(0, TILE_H * TILE_W)
+    col_bias = _band(slot[None, :] - STRIDE * (query % TILE_W)[:, None] - pad,
+                     pad)
+    return (key_x * stride_kx, key_x * stride_vx, slot
+            < STRIDE * (TILE_W - 1) + KERNEL_SIZE, query // TILE_W,
+            first_col + query % TILE_W, col_bias)
+
+
+@triton.jit
+def _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height, stride_ky,
+                   stride_vy, offsets_k, offsets_v, slot_used, stride_kd,
+                   stride_vd, HEAD_DIM: tl.constexpr,
+                   KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
+                   SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+                   HEAD_CONTIGUOUS: tl.constexpr):
+    """k and v [CHUNK_W, BLOCK_D] of key slot row ``slot_row`` (counted
+    from the one of the program's first query row), from its reflected
+    source row."""
+    pad = KERNEL_SIZE // 2
+    key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
+                     SMALL_MAP)
+    k = _load_pixels(k_ptr + key_y * stride_ky, offsets_k, slot_used,
+                     stride_kd, HEAD_DIM, BLOCK_D, HEAD_CONTIGUOUS)
+    v = _load_pixels(v_ptr + key_y * stride_vy, offsets_v, slot_used,
+                     stride_vd, HEAD_DIM, BLOCK_D, HEAD_CONTIGUOUS)
+    return k, v
+
+
+@triton.jit
 def _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE: tl.constexpr,
                    STRIDE: tl.constexpr, TILE_H: tl.constexpr):
     """Additive mask [N, CHUNK_W] of a tile's queries against its key slot
@@ -480,7 +525,6 @@ def _slot_forward_kernel(
     and v have channel stride 1 and their other strides come in units of
     VECTOR elements (so that loads of VECTOR channels are aligned).
     """
-    pad = KERNEL_SIZE // 2
     first_col = tl.program_id(0) * TILE_W
     first_row = tl.program_id(1) * (TILES * TILE_H)
     batch_head = tl.program_id(2)
@@ -492,18 +536,10 @@ def _slot_forward_kernel(
                          stride_vh * VECTOR)
     out_ptr += _map_offset(batch_head, heads, stride_ob, stride_oh)
 
-    # Slot s of a row is padded column STRIDE * first_col - pad + s; query
-    # i's window covers slots STRIDE * (i % TILE_W) + [0, KERNEL_SIZE).
-    slot = tl.arange(0, CHUNK_W)
-    key_x = _reflect(STRIDE * first_col - pad + slot, width, pad, SMALL_MAP)
-    slot_offsets_k = key_x * (stride_kx * VECTOR)
-    slot_offsets_v = key_x * (stride_vx * VECTOR)
-    slot_used = slot < STRIDE * (TILE_W - 1) + KERNEL_SIZE
-    query = tl.arange(0, TILE_H * TILE_W)
-    query_row = query // TILE_W
-    out_col = first_col + query % TILE_W
-    col_bias = _band(slot[None, :] - STRIDE * (query % TILE_W)[:, None] - pad,
-                     pad)
+    (slot_offsets_k, slot_offsets_v, slot_used, query_row, out_col,
+     col_bias) = _slot_tile_geometry(first_col, width, stride_kx * VECTOR,
+                                     stride_vx * VECTOR, KERNEL_SIZE, STRIDE,
+                                     SMALL_MAP, TILE_H, TILE_W, CHUNK_W)
     scale_log2 = _exponent_scale(scale)
 
     out_row0 = first_row + query_row
@@ -531,14 +567,11 @@ def _slot_forward_kernel(
     # A tile covers STRIDE * (TILE_H - 1) + KERNEL_SIZE slot rows.
     for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
                                     KERNEL_SIZE):
-        key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
-                         SMALL_MAP)
-        k = _load_pixels(k_ptr + key_y * (stride_ky * VECTOR), slot_offsets_k,
-                         slot_used, stride_kd, HEAD_DIM, BLOCK_D,
-                         HEAD_CONTIGUOUS)
-        v = _load_pixels(v_ptr + key_y * (stride_vy * VECTOR), slot_offsets_v,
-                         slot_used, stride_vd, HEAD_DIM, BLOCK_D,
-                         HEAD_CONTIGUOUS)
+        k, v = _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height,
+                              stride_ky * VECTOR, stride_vy * VECTOR,
+                              slot_offsets_k, slot_offsets_v, slot_used,
+                              stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE,
+                              STRIDE, SMALL_MAP, BLOCK_D, HEAD_CONTIGUOUS)
         if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
             max0, sums0, acc0 = _attend_slot_row(
                 q0, k, v,
@@ -720,7 +753,6 @@ def _slot_grad_query_kernel(
     rows of key slots of :func:`_slot_forward_kernel`. With
     HEAD_CONTIGUOUS, k and v (the loads of the loop) have channel stride 1
     and their other strides come in units of VECTOR elements."""
-    pad = KERNEL_SIZE // 2
     first_col = tl.program_id(0) * TILE_W
     first_row = tl.program_id(1) * (TILES * TILE_H)
     batch_head = tl.program_id(2)
@@ -733,16 +765,10 @@ def _slot_grad_query_kernel(
                          stride_vh * VECTOR)
     dq_ptr += _map_offset(batch_head, heads, stride_dqb, stride_dqh)
 
-    slot = tl.arange(0, CHUNK_W)
-    key_x = _reflect(STRIDE * first_col - pad + slot, width, pad, SMALL_MAP)
-    slot_offsets_k = key_x * (stride_kx * VECTOR)
-    slot_offsets_v = key_x * (stride_vx * VECTOR)
-    slot_used = slot < STRIDE * (TILE_W - 1) + KERNEL_SIZE
-    query = tl.arange(0, TILE_H * TILE_W)
-    query_row = query // TILE_W
-    out_col = first_col + query % TILE_W
-    col_bias = _band(slot[None, :] - STRIDE * (query % TILE_W)[:, None] - pad,
-                     pad)
+    (slot_offsets_k, slot_offsets_v, slot_used, query_row, out_col,
+     col_bias) = _slot_tile_geometry(first_col, width, stride_kx * VECTOR,
+                                     stride_vx * VECTOR, KERNEL_SIZE, STRIDE,
+                                     SMALL_MAP, TILE_H, TILE_W, CHUNK_W)
     scale_log2 = _exponent_scale(scale)
 
     out_row0 = first_row + query_row
@@ -763,14 +789,11 @@ def _slot_grad_query_kernel(
 
     for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
                                     KERNEL_SIZE):
-        key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
-                         SMALL_MAP)
-        k = _load_pixels(k_ptr + key_y * (stride_ky * VECTOR), slot_offsets_k,
-                         slot_used, stride_kd, HEAD_DIM, BLOCK_D,
-                         HEAD_CONTIGUOUS)
-        v = _load_pixels(v_ptr + key_y * (stride_vy * VECTOR), slot_offsets_v,
-                         slot_used, stride_vd, HEAD_DIM, BLOCK_D,
-                         HEAD_CONTIGUOUS)
+        k, v = _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height,
+                              stride_ky * VECTOR, stride_vy * VECTOR,
+                              slot_offsets_k, slot_offsets_v, slot_used,
+                              stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE,
+                              STRIDE, SMALL_MAP, BLOCK_D, HEAD_CONTIGUOUS)
         if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
             acc0 = _slot_row_grad_query(
                 q0, grad_out0, k, v,
