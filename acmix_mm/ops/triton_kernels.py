@@ -453,11 +453,7 @@ def _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE: tl.constexpr,
     row ``slot_row`` (constexpr, counted from the tile's first): the column
     band, plus the row band where some query row does not reach the row."""
     bias = col_bias
-    if slot_row < STRIDE * (TILE_H - 1):
-        bias = col_bias + _band(
-            slot_row - STRIDE * query_row - KERNEL_SIZE // 2,
-            KERNEL_SIZE // 2)[:, None]
-    if slot_row >= KERNEL_SIZE:
+    if (slot_row < STRIDE * (TILE_H - 1)) | (slot_row >= KERNEL_SIZE):
         bias = col_bias + _band(
             slot_row - STRIDE * query_row - KERNEL_SIZE // 2,
             KERNEL_SIZE // 2)[:, None]
@@ -944,13 +940,10 @@ def _key_row_bias(col_bias, first_offset, key_row, KERNEL_SIZE: tl.constexpr,
     ``first_offset`` (constexpr) the tile's first key row minus the
     queries' row (input pixels): the column band, plus the row band where
     some key row is out of the queries' reach."""
+    pad: tl.constexpr = KERNEL_SIZE // 2
     bias = col_bias
-    if first_offset < -(KERNEL_SIZE // 2):
-        bias = col_bias + _band(first_offset + key_row, KERNEL_SIZE // 2)[:,
-                                                                          None]
-    if first_offset + TILE_H - 1 > KERNEL_SIZE // 2:
-        bias = col_bias + _band(first_offset + key_row, KERNEL_SIZE // 2)[:,
-                                                                          None]
+    if (first_offset < -pad) | (first_offset + TILE_H - 1 > pad):
+        bias = col_bias + _band(first_offset + key_row, pad)[:, None]
     return bias
 
 
