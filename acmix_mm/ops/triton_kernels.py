@@ -1323,17 +1323,12 @@ class KernelSpec(NamedTuple):
     """A kernel, the tiling its launcher gives it and its other constexpr
     arguments (used to compile the kernels ahead of time), whether its
     programs tile the output (queries) or the input (keys), and the
-    num_warps its autotuner tries for a head dim."""
+    (num_warps, num_stages) its autotuner tries at a head dim."""
     kernel: Callable
     tiling: Callable[[int, int, int, torch.dtype], Tiling]
     extra_meta: Dict[str, bool]
     tiles_queries: bool
-    warps: Callable[[int], Tuple[int, ...]]  # num_warps its tiles suit
-
-    def tuning_configs(self, head_dim: int) -> Tuple[Tuple[int, int], ...]:
-        """The TUNING_CONFIGS with warps it suits at ``head_dim``."""
-        warps = self.warps(head_dim)
-        return tuple(config for config in TUNING_CONFIGS if config[0] in warps)
+    tuning_configs: Callable[[int], Tuple[Tuple[int, int], ...]]
 
     def launch_plan(self, shape: Tuple[int, int, int, int,
                                        int], kernel_size: int, stride: int,
@@ -1349,50 +1344,86 @@ class KernelSpec(NamedTuple):
             tiling.loop_trips)
 
 
-def _region_warps(head_dim: int) -> Tuple[int, ...]:
-    """Region kernels, 64-pixel tiles: 4 or 8 warps."""
-    return (4, 8)
+# (num_warps, num_stages) candidates of the autotuner.
+TUNING_CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8,
+                                                                           2))
+
+# The configs of each kernel below leave out those that spill registers in
+# some fp16 or bf16 variant (kernel_cost.py, sm_90, Triton 3.9).
 
 
-def _slot_warps(head_dim: int) -> Tuple[int, ...]:
-    """Slot kernels, 16-pixel tiles (one tensor-core tile per warp): 1 or 2
-    warps up to 32 channels; 2 or 4 above, where one tile's rows fill
-    fewer registers per thread."""
-    return (1, 2) if head_dim <= 32 else (2, 4)
+def _configs(
+    warps: Tuple[int, ...], stages: Tuple[int, ...] = (1, 2)
+) -> Tuple[Tuple[int, int], ...]:
+    """The TUNING_CONFIGS with one of ``warps`` and of ``stages``."""
+    return tuple(config for config in TUNING_CONFIGS
+                 if config[0] in warps and config[1] in stages)
 
 
-def _slot_key_warps(head_dim: int) -> Tuple[int, ...]:
-    """Slot dK/dV, which also keeps k, v, dK and dV of its keys: as
-    :func:`_slot_warps` but 2 warps at 17-32 channels (1 spills)."""
-    return (2, ) if 16 < head_dim <= 32 else _slot_warps(head_dim)
+def _region_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
+    """Region forward, 64-pixel tiles: 4 or 8 warps; 8 above 64 channels."""
+    return _configs((8, ) if head_dim > 64 else (4, 8))
+
+
+def _region_query_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
+    """Region dQ: 4 or 8 warps; 4 above 64 channels."""
+    return _configs((4, ) if head_dim > 64 else (4, 8))
+
+
+def _region_key_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
+    """Region dK/dV: 4 or 8 warps; 4 warps in one stage only at 33-64
+    channels, 8 warps above."""
+    if head_dim > 64:
+        return _configs((8, ))
+    if head_dim > 32:
+        return _configs((4, ), (1, )) + _configs((8, ))
+    return _configs((4, 8))
+
+
+def _slot_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
+    """Slot forward and dQ, 16-pixel tiles (one tensor-core tile per warp):
+    1 or 2 warps up to 32 channels, where they fill the registers; 2 or 4
+    up to 64; 4 or 8 above."""
+    if head_dim <= 32:
+        return _configs((1, 2))
+    return _configs((2, 4) if head_dim <= 64 else (4, 8))
+
+
+def _slot_key_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
+    """Slot dK/dV, which also keeps k, v, dK and dV of its keys: 1 or 2
+    warps up to 16 channels, 2 up to 32, 4 or 8 up to 64, 8 above (which
+    still spills 8 bytes at stride 1 with 128 channels)."""
+    if head_dim <= 16:
+        return _configs((1, 2))
+    if head_dim <= 32:
+        return _configs((2, ))
+    return _configs((4, 8) if head_dim <= 64 else (8, ))
 
 
 KERNELS = {
     'forward':
-    KernelSpec(_forward_kernel, query_tiling, {}, True, _region_warps),
+    KernelSpec(_forward_kernel, query_tiling, {}, True, _region_configs),
     'slot_forward':
     KernelSpec(_slot_forward_kernel, slot_tiling, {
         'HEAD_CONTIGUOUS': False,
         'VECTOR': 1
-    }, True, _slot_warps),
+    }, True, _slot_configs),
     'grad_query':
     KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True},
-               True, _region_warps),
+               True, _region_query_configs),
     'slot_grad_query':
     KernelSpec(_slot_grad_query_kernel, slot_tiling, {
         'HEAD_CONTIGUOUS': False,
         'VECTOR': 1
-    }, True, _slot_warps),
+    }, True, _slot_configs),
     'grad_key_value':
-    KernelSpec(_grad_key_value_kernel, key_tiling, {}, False, _region_warps),
+    KernelSpec(_grad_key_value_kernel, key_tiling, {}, False,
+               _region_key_configs),
     'slot_grad_key_value':
     KernelSpec(_slot_grad_key_value_kernel, slot_key_tiling, {}, False,
-               _slot_key_warps),
+               _slot_key_configs),
 }
 
-# (num_warps, num_stages) candidates of the autotuner.
-TUNING_CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8,
-                                                                           2))
 # 'W,S' pins the kernels to the tuning config (W, S): no autotuning, e.g. for
 # a test run that compiles every variant once instead of once per config.
 TUNING_CONFIG_ENV = 'ACMIX_TUNING_CONFIG'
@@ -1413,11 +1444,17 @@ def tuning_configs(device: torch.device) -> Tuple[Tuple[int, int], ...]:
 
 def _compilable(configs: list, *args, **kwargs) -> list:
     """Autotuner config pruning: those of :func:`tuning_configs` for the
-    current GPU (the launch's)."""
+    current GPU (the launch's); where that leaves none (a kernel tuned over
+    8 warps only, on Triton 2.2 to 3.1 for Hopper), the same stages with 4
+    warps, which compile there (and may spill)."""
     allowed = tuning_configs(torch.device('cuda', torch.cuda.current_device()))
-    return [
+    kept = [
         config for config in configs
         if (config.num_warps, config.num_stages) in allowed
+    ]
+    return kept or [
+        triton.Config({}, num_warps=4, num_stages=config.num_stages)
+        for config in configs
     ]
 
 
@@ -1438,16 +1475,16 @@ def _autotuned(spec: KernelSpec, head_dim: int):
                                                 spec.kernel)
 
 
-# Autotuned kernels by name and warps tried, made at their first launch:
+# Autotuned kernels by name and configs tried, made at their first launch:
 # Triton 3.2 and 3.3 need a GPU driver to make an autotuner.
-_AUTOTUNED: Dict[Tuple[str, Tuple[int, ...]], Callable] = {}
+_AUTOTUNED: Dict[Tuple[str, Tuple[Tuple[int, int], ...]], Callable] = {}
 
 
 def _autotuned_kernel(name: str, head_dim: int) -> Callable:
     """Kernel ``name`` autotuned for ``head_dim`` (made once per set of
-    warps it tries)."""
+    configs it tries)."""
     spec = KERNELS[name]
-    key = (name, spec.warps(head_dim))
+    key = (name, spec.tuning_configs(head_dim))
     if key not in _AUTOTUNED:
         _AUTOTUNED[key] = _autotuned(spec, head_dim)
     return _AUTOTUNED[key]

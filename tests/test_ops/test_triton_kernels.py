@@ -478,3 +478,20 @@ def test_tuning_configs_avoid_compiler_aborts(monkeypatch, version, capability,
     assert [(c.num_warps, c.num_stages) for c in pruned] == list(configs)
     assert triton_kernels.tuning_configs(torch.device('cpu')) == \
         triton_kernels.TUNING_CONFIGS
+
+
+def test_kernels_tuned_over_8_warps_only_fall_back_to_4(monkeypatch):
+    """A kernel whose tuning configs all have 8 warps (those with fewer
+    spill) still launches where Triton cannot compile 8 warps."""
+    monkeypatch.setattr(triton_kernels, '_TRITON_VERSION', (3, 0))
+    monkeypatch.setattr(
+        torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    eight_warps = triton_kernels.KERNELS['forward'].tuning_configs(128)
+    assert {warps for warps, _ in eight_warps} == {8}
+    candidates = [
+        triton.Config({}, num_warps=w, num_stages=s) for w, s in eight_warps
+    ]
+    pruned = triton_kernels._compilable(candidates, {})
+    assert [(c.num_warps, c.num_stages)
+            for c in pruned] == [(4, s) for _, s in eight_warps]
