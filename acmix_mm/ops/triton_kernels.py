@@ -1274,13 +1274,14 @@ def query_tiling(kernel_size: int, stride: int, head_dim: int,
                  dtype: torch.dtype) -> Tiling:
     """Output tile and its key region (tile footprint dilated by pad).
 
-    Stride 1: 8 x 8 queries (a 64-row tensor-core tile), 4 x 8 for the
-    widest operands. Stride 2 spreads the footprint, so 4 x 8 (4 x 4 for
-    kernel 7) keeps the region, and the logits wasted on keys out of reach,
-    small. 16 queries is the smallest tl.dot.
+    Stride 1: 8 x 8 queries (a 64-row tensor-core tile), 4 x 8 for
+    operands of 128 16-bit channels or more (registers). Stride 2 spreads
+    the footprint, so 4 x 8 (4 x 4 for kernel 7) keeps the region, and the
+    logits wasted on keys out of reach, small. 16 queries is the smallest
+    tl.dot.
     """
     if stride == 1:
-        wide = _operand_width(head_dim, dtype) > 128
+        wide = _operand_width(head_dim, dtype) >= 128
         block_h, block_w = (4, 8) if wide else (8, 8)
     else:
         block_h, block_w = (4, 4) if kernel_size == 7 else (4, 8)
@@ -1319,6 +1320,10 @@ class LaunchPlan(NamedTuple):
     loop_trips: int
 
 
+# (num_warps, num_stages) pairs.
+TuningConfigs = Tuple[Tuple[int, int], ...]
+
+
 class KernelSpec(NamedTuple):
     """A kernel, the tiling its launcher gives it and its other constexpr
     arguments (used to compile the kernels ahead of time), whether its
@@ -1328,7 +1333,7 @@ class KernelSpec(NamedTuple):
     tiling: Callable[[int, int, int, torch.dtype], Tiling]
     extra_meta: Dict[str, bool]
     tiles_queries: bool
-    tuning_configs: Callable[[int], Tuple[Tuple[int, int], ...]]
+    tuning_configs: Callable[[int], TuningConfigs]
 
     def launch_plan(self, shape: Tuple[int, int, int, int,
                                        int], kernel_size: int, stride: int,
@@ -1353,34 +1358,34 @@ TUNING_CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8,
 
 
 def _configs(
-    warps: Tuple[int, ...], stages: Tuple[int, ...] = (1, 2)
-) -> Tuple[Tuple[int, int], ...]:
+    warps: Tuple[int, ...], stages: Tuple[int, ...] = (1, 2)) -> TuningConfigs:
     """The TUNING_CONFIGS with one of ``warps`` and of ``stages``."""
     return tuple(config for config in TUNING_CONFIGS
                  if config[0] in warps and config[1] in stages)
 
 
-def _region_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
-    """Region forward, 64-pixel tiles: 4 or 8 warps; 8 above 64 channels."""
-    return _configs((8, ) if head_dim > 64 else (4, 8))
+def _region_configs(head_dim: int) -> TuningConfigs:
+    """Region kernels, 32- or 64-pixel tiles: 4 or 8 warps."""
+    return _configs((4, 8))
 
 
-def _region_query_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
-    """Region dQ: 4 or 8 warps; 4 above 64 channels."""
-    return _configs((4, ) if head_dim > 64 else (4, 8))
+def _region_forward_configs(head_dim: int) -> TuningConfigs:
+    """Region forward: as :func:`_region_configs`, 4 warps above 64
+    channels."""
+    return _configs((4, )) if head_dim > 64 else _region_configs(head_dim)
 
 
-def _region_key_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
+def _region_key_configs(head_dim: int) -> TuningConfigs:
     """Region dK/dV: 4 or 8 warps; 4 warps in one stage only at 33-64
     channels, 8 warps above."""
     if head_dim > 64:
         return _configs((8, ))
     if head_dim > 32:
         return _configs((4, ), (1, )) + _configs((8, ))
-    return _configs((4, 8))
+    return _region_configs(head_dim)
 
 
-def _slot_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
+def _slot_configs(head_dim: int) -> TuningConfigs:
     """Slot forward and dQ, 16-pixel tiles (one tensor-core tile per warp):
     1 or 2 warps up to 32 channels, where they fill the registers; 2 or 4
     up to 64; 4 or 8 above."""
@@ -1389,7 +1394,7 @@ def _slot_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
     return _configs((2, 4) if head_dim <= 64 else (4, 8))
 
 
-def _slot_key_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
+def _slot_key_configs(head_dim: int) -> TuningConfigs:
     """Slot dK/dV, which also keeps k, v, dK and dV of its keys: 1 or 2
     warps up to 16 channels, 2 up to 32, 4 or 8 up to 64, 8 above (which
     still spills 8 bytes at stride 1 with 128 channels)."""
@@ -1402,7 +1407,8 @@ def _slot_key_configs(head_dim: int) -> Tuple[Tuple[int, int], ...]:
 
 KERNELS = {
     'forward':
-    KernelSpec(_forward_kernel, query_tiling, {}, True, _region_configs),
+    KernelSpec(_forward_kernel, query_tiling, {}, True,
+               _region_forward_configs),
     'slot_forward':
     KernelSpec(_slot_forward_kernel, slot_tiling, {
         'HEAD_CONTIGUOUS': False,
@@ -1410,7 +1416,7 @@ KERNELS = {
     }, True, _slot_configs),
     'grad_query':
     KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True},
-               True, _region_query_configs),
+               True, _region_configs),
     'slot_grad_query':
     KernelSpec(_slot_grad_query_kernel, slot_tiling, {
         'HEAD_CONTIGUOUS': False,
@@ -1477,7 +1483,7 @@ def _autotuned(spec: KernelSpec, head_dim: int):
 
 # Autotuned kernels by name and configs tried, made at their first launch:
 # Triton 3.2 and 3.3 need a GPU driver to make an autotuner.
-_AUTOTUNED: Dict[Tuple[str, Tuple[Tuple[int, int], ...]], Callable] = {}
+_AUTOTUNED: Dict[Tuple[str, TuningConfigs], Callable] = {}
 
 
 def _autotuned_kernel(name: str, head_dim: int) -> Callable:

@@ -487,7 +487,7 @@ def test_kernels_tuned_over_8_warps_only_fall_back_to_4(monkeypatch):
     monkeypatch.setattr(
         torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
-    eight_warps = triton_kernels.KERNELS['forward'].tuning_configs(128)
+    eight_warps = triton_kernels.KERNELS['grad_key_value'].tuning_configs(128)
     assert {warps for warps, _ in eight_warps} == {8}
     candidates = [
         triton.Config({}, num_warps=w, num_stages=s) for w, s in eight_warps
