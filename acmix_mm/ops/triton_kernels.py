@@ -432,17 +432,17 @@ def _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height, stride_ky,
                    stride_vd, HEAD_DIM: tl.constexpr,
                    KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
                    SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
-                   HEAD_CONTIGUOUS: tl.constexpr):
+                   K_CONTIGUOUS: tl.constexpr, V_CONTIGUOUS: tl.constexpr):
     """k and v [CHUNK_W, BLOCK_D] of key slot row ``slot_row`` (counted
     from the one of the program's first query row), from its reflected
-    source row."""
+    source row; each head-contiguous (vector loads) or channel-major."""
     pad = KERNEL_SIZE // 2
     key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
                      SMALL_MAP)
     k = _load_pixels(k_ptr + key_y * stride_ky, offsets_k, slot_used,
-                     stride_kd, HEAD_DIM, BLOCK_D, HEAD_CONTIGUOUS)
+                     stride_kd, HEAD_DIM, BLOCK_D, K_CONTIGUOUS)
     v = _load_pixels(v_ptr + key_y * stride_vy, offsets_v, slot_used,
-                     stride_vd, HEAD_DIM, BLOCK_D, HEAD_CONTIGUOUS)
+                     stride_vd, HEAD_DIM, BLOCK_D, V_CONTIGUOUS)
     return k, v
 
 
@@ -509,7 +509,8 @@ def _slot_forward_kernel(
         KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
         SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr, TILE_H: tl.constexpr,
         TILE_W: tl.constexpr, TILES: tl.constexpr, CHUNK_W: tl.constexpr,
-        HEAD_CONTIGUOUS: tl.constexpr, VECTOR: tl.constexpr):
+        Q_VECTOR: tl.constexpr, K_VECTOR: tl.constexpr,
+        V_VECTOR: tl.constexpr):
     """Program (column of tiles, row of TILES tiles, map): out and lse of
     TILES (1 or 2) TILE_H x TILE_W query tiles stacked vertically.
 
@@ -517,34 +518,35 @@ def _slot_forward_kernel(
     reflection-padded map, each loaded from its reflected source pixel):
     CHUNK_W slots per row, STRIDE * (TILE_H - 1) + KERNEL_SIZE rows per
     tile, shared rows loaded once. The loop over them is unrolled, so each
-    step's window mask is known at compile time. With HEAD_CONTIGUOUS, q, k
-    and v have channel stride 1 and their other strides come in units of
-    VECTOR elements (so that loads of VECTOR channels are aligned).
+    step's window mask is known at compile time. Q_VECTOR, K_VECTOR and
+    V_VECTOR > 1: that tensor is head-contiguous (channel stride 1) and its
+    other strides come in units of that many elements (so that vector loads
+    of that many channels are aligned); 1: any strides, channel-major loads.
     """
     first_col = tl.program_id(0) * TILE_W
     first_row = tl.program_id(1) * (TILES * TILE_H)
     batch_head = tl.program_id(2)
-    q_ptr += _map_offset(batch_head, heads, stride_qb * VECTOR,
-                         stride_qh * VECTOR)
-    k_ptr += _map_offset(batch_head, heads, stride_kb * VECTOR,
-                         stride_kh * VECTOR)
-    v_ptr += _map_offset(batch_head, heads, stride_vb * VECTOR,
-                         stride_vh * VECTOR)
+    q_ptr += _map_offset(batch_head, heads, stride_qb * Q_VECTOR,
+                         stride_qh * Q_VECTOR)
+    k_ptr += _map_offset(batch_head, heads, stride_kb * K_VECTOR,
+                         stride_kh * K_VECTOR)
+    v_ptr += _map_offset(batch_head, heads, stride_vb * V_VECTOR,
+                         stride_vh * V_VECTOR)
     out_ptr += _map_offset(batch_head, heads, stride_ob, stride_oh)
 
     (slot_offsets_k, slot_offsets_v, slot_used, query_row, out_col,
-     col_bias) = _slot_tile_geometry(first_col, width, stride_kx * VECTOR,
-                                     stride_vx * VECTOR, KERNEL_SIZE, STRIDE,
+     col_bias) = _slot_tile_geometry(first_col, width, stride_kx * K_VECTOR,
+                                     stride_vx * V_VECTOR, KERNEL_SIZE, STRIDE,
                                      SMALL_MAP, TILE_H, TILE_W, CHUNK_W)
     scale_log2 = _exponent_scale(scale)
 
     out_row0 = first_row + query_row
     q0 = _load_pixels(
         q_ptr,
-        STRIDE * (out_row0 * (stride_qy * VECTOR) + out_col *
-                  (stride_qx * VECTOR)),
+        STRIDE * (out_row0 * (stride_qy * Q_VECTOR) + out_col *
+                  (stride_qx * Q_VECTOR)),
         (out_row0 < out_height) & (out_col < out_width), stride_qd, HEAD_DIM,
-        BLOCK_D, HEAD_CONTIGUOUS)
+        BLOCK_D, Q_VECTOR > 1)
     q0 = _signed(q0, scale)
     max0 = tl.full([TILE_H * TILE_W], _MASKED_LOGIT, tl.float32)
     sums0 = tl.zeros([TILE_H * TILE_W, CHUNK_W], tl.float32)
@@ -553,10 +555,10 @@ def _slot_forward_kernel(
     if TILES == 2:
         q1 = _load_pixels(
             q_ptr,
-            STRIDE * (out_row1 * (stride_qy * VECTOR) + out_col *
-                      (stride_qx * VECTOR)),
+            STRIDE * (out_row1 * (stride_qy * Q_VECTOR) + out_col *
+                      (stride_qx * Q_VECTOR)),
             (out_row1 < out_height) & (out_col < out_width), stride_qd,
-            HEAD_DIM, BLOCK_D, HEAD_CONTIGUOUS)
+            HEAD_DIM, BLOCK_D, Q_VECTOR > 1)
         q1 = _signed(q1, scale)
         max1, sums1, acc1 = max0, sums0, acc0
 
@@ -564,10 +566,11 @@ def _slot_forward_kernel(
     for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
                                     KERNEL_SIZE):
         k, v = _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height,
-                              stride_ky * VECTOR, stride_vy * VECTOR,
+                              stride_ky * K_VECTOR, stride_vy * V_VECTOR,
                               slot_offsets_k, slot_offsets_v, slot_used,
                               stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE,
-                              STRIDE, SMALL_MAP, BLOCK_D, HEAD_CONTIGUOUS)
+                              STRIDE, SMALL_MAP, BLOCK_D, K_VECTOR > 1,
+                              V_VECTOR > 1)
         if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
             max0, sums0, acc0 = _attend_slot_row(
                 q0, k, v,
@@ -742,28 +745,26 @@ def _slot_grad_query_kernel(
         HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
         STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
-        CHUNK_W: tl.constexpr, HEAD_CONTIGUOUS: tl.constexpr,
-        VECTOR: tl.constexpr):
+        CHUNK_W: tl.constexpr, K_VECTOR: tl.constexpr, V_VECTOR: tl.constexpr):
     """Program (column of tiles, row of TILES tiles, map): delta and dQ of
     TILES (1 or 2) TILE_H x TILE_W query tiles stacked vertically, over the
-    rows of key slots of :func:`_slot_forward_kernel`. With
-    HEAD_CONTIGUOUS, k and v (the loads of the loop) have channel stride 1
-    and their other strides come in units of VECTOR elements."""
+    rows of key slots of :func:`_slot_forward_kernel`, whose K_VECTOR and
+    V_VECTOR it takes for k and v (the loads of the loop)."""
     first_col = tl.program_id(0) * TILE_W
     first_row = tl.program_id(1) * (TILES * TILE_H)
     batch_head = tl.program_id(2)
     q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
     o_ptr += _map_offset(batch_head, heads, stride_ob, stride_oh)
     g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
-    k_ptr += _map_offset(batch_head, heads, stride_kb * VECTOR,
-                         stride_kh * VECTOR)
-    v_ptr += _map_offset(batch_head, heads, stride_vb * VECTOR,
-                         stride_vh * VECTOR)
+    k_ptr += _map_offset(batch_head, heads, stride_kb * K_VECTOR,
+                         stride_kh * K_VECTOR)
+    v_ptr += _map_offset(batch_head, heads, stride_vb * V_VECTOR,
+                         stride_vh * V_VECTOR)
     dq_ptr += _map_offset(batch_head, heads, stride_dqb, stride_dqh)
 
     (slot_offsets_k, slot_offsets_v, slot_used, query_row, out_col,
-     col_bias) = _slot_tile_geometry(first_col, width, stride_kx * VECTOR,
-                                     stride_vx * VECTOR, KERNEL_SIZE, STRIDE,
+     col_bias) = _slot_tile_geometry(first_col, width, stride_kx * K_VECTOR,
+                                     stride_vx * V_VECTOR, KERNEL_SIZE, STRIDE,
                                      SMALL_MAP, TILE_H, TILE_W, CHUNK_W)
     scale_log2 = _exponent_scale(scale)
 
@@ -786,10 +787,11 @@ def _slot_grad_query_kernel(
     for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
                                     KERNEL_SIZE):
         k, v = _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height,
-                              stride_ky * VECTOR, stride_vy * VECTOR,
+                              stride_ky * K_VECTOR, stride_vy * V_VECTOR,
                               slot_offsets_k, slot_offsets_v, slot_used,
                               stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE,
-                              STRIDE, SMALL_MAP, BLOCK_D, HEAD_CONTIGUOUS)
+                              STRIDE, SMALL_MAP, BLOCK_D, K_VECTOR > 1,
+                              V_VECTOR > 1)
         if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
             acc0 = _slot_row_grad_query(
                 q0, grad_out0, k, v,
@@ -1411,16 +1413,17 @@ KERNELS = {
                _region_forward_configs),
     'slot_forward':
     KernelSpec(_slot_forward_kernel, slot_tiling, {
-        'HEAD_CONTIGUOUS': False,
-        'VECTOR': 1
+        'Q_VECTOR': 1,
+        'K_VECTOR': 1,
+        'V_VECTOR': 1
     }, True, _slot_configs),
     'grad_query':
     KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True},
                True, _region_configs),
     'slot_grad_query':
     KernelSpec(_slot_grad_query_kernel, slot_tiling, {
-        'HEAD_CONTIGUOUS': False,
-        'VECTOR': 1
+        'K_VECTOR': 1,
+        'V_VECTOR': 1
     }, True, _slot_configs),
     'grad_key_value':
     KernelSpec(_grad_key_value_kernel, key_tiling, {}, False,
@@ -1734,27 +1737,28 @@ def kernel_design(head_dim: int, stride: int) -> str:
     return 'region'
 
 
-def _vector_width(*tensors: Tensor) -> int:
-    """Elements in 16 bytes if every tensor has channel stride 1 and is
-    16-byte aligned in its other strides and its data (head-contiguous
-    maps, e.g. from a channels-last projection), else 0."""
-    width = 16 // tensors[0].element_size()
-    for tensor in tensors:
-        batch, head, channel, row, col = tensor.stride()
-        if (channel != 1 or any(s % width for s in (batch, head, row, col))
-                or tensor.data_ptr() % 16):
-            return 0
+def _vector_width(tensor: Tensor) -> int:
+    """Elements in 16 bytes if ``tensor`` (B, heads, D, H, W) has channel
+    stride 1 and is 16-byte aligned in its other strides and its data
+    (head-contiguous maps, e.g. the layers' keys), else 1."""
+    width = 16 // tensor.element_size()
+    batch, head, channel, row, col = tensor.stride()
+    if (channel != 1 or any(s % width for s in (batch, head, row, col))
+            or tensor.data_ptr() % 16):
+        return 1
     return width
 
 
-def _vector_loads(*tensors: Tensor) -> Tuple[dict, Tuple[int, ...]]:
-    """HEAD_CONTIGUOUS and VECTOR of a slot kernel that loads ``tensors``
-    (one 16-byte vector per pixel where :func:`_vector_width` allows), and
-    their strides in VECTOR units."""
-    vector = _vector_width(*tensors) or 1
-    strides = sum((_strides(tensor) for tensor in tensors), ())
-    return (dict(HEAD_CONTIGUOUS=vector > 1,
-                 VECTOR=vector), tuple(stride // vector for stride in strides))
+def _vector_loads(**tensors: Tensor) -> Tuple[dict, Tuple[int, ...]]:
+    """The {NAME}_VECTOR constexprs of a slot kernel for ``tensors`` by
+    name (:func:`_vector_width`: one 16-byte vector per pixel where it
+    allows) and their strides in those units, in order."""
+    meta, strides = {}, ()
+    for name, tensor in tensors.items():
+        vector = _vector_width(tensor)
+        meta[f'{name.upper()}_VECTOR'] = vector
+        strides += tuple(stride // vector for stride in _strides(tensor))
+    return meta, strides
 
 
 def local_attention_forward(
@@ -1800,7 +1804,7 @@ def local_attention_forward(
     input_strides = _strides(q) + _strides(k) + _strides(v)
     extra_meta = {}
     if name == 'slot_forward':
-        extra_meta, input_strides = _vector_loads(q, k, v)
+        extra_meta, input_strides = _vector_loads(q=q, k=k, v=v)
     _launch(
         name,
         q,
@@ -1879,7 +1883,7 @@ def local_attention_backward(
     key_value_strides = _strides(k) + _strides(v)
     if need_grad_q and kernels.grad_query == 'slot_grad_query':
         name = 'slot_grad_query'
-        extra_meta, key_value_strides = _vector_loads(k, v)
+        extra_meta, key_value_strides = _vector_loads(k=k, v=v)
     tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
     _launch(
         name,

@@ -251,21 +251,24 @@ def test_scale_of_any_sign(monkeypatch, design, scale):
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
-@pytest.mark.parametrize('head_dim,stride', [(16, 1), (8, 1), (32, 2)])
-def test_head_contiguous_maps_load_vectors(head_dim, stride, dtype):
-    """q, k, v with channel stride 1 (a channels-last projection): the slot
-    forward's and dQ's vector loads, also with a head_dim below its
-    block."""
+@pytest.mark.parametrize('head_dim,stride,contiguous', [(16, 1, 'qkv'),
+                                                        (8, 1, 'k'),
+                                                        (32, 2, 'kv')])
+def test_head_contiguous_maps_load_vectors(head_dim, stride, contiguous,
+                                           dtype):
+    """The maps named in ``contiguous`` with channel stride 1 (as the
+    layers' keys), the others channel-major: the slot forward's and dQ's
+    vector loads of each, also with a head_dim below its block."""
     torch.manual_seed(15)
     batch, heads, height, width = 2, 2, 9, 19
     base = torch.randn(batch, height, width, 3, heads, head_dim)
-    q, k, v = [
-        t.to(DEVICE, dtype).requires_grad_()
-        for t in base.permute(3, 0, 4, 5, 1, 2).unbind(0)
-    ]
+    q, k, v = [(t if name in contiguous else t.contiguous()).to(
+        DEVICE, dtype).requires_grad_()
+               for name, t in zip('qkv',
+                                  base.permute(3, 0, 4, 5, 1, 2).unbind(0))]
     vector = 16 // q.element_size()
-    assert q.stride(2) == 1 and q.stride(-1) % vector == 0
-    assert triton_kernels._vector_width(q, k, v) == vector
+    assert [triton_kernels._vector_width(t) for t in (q, k, v)
+            ] == [vector if name in contiguous else 1 for name in 'qkv']
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(triton_kernels.KERNEL_DESIGN_ENV, 'slot')
         check_against_reference(q, k, v, 7, stride)
