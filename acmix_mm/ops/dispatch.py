@@ -275,6 +275,16 @@ def run_local_attention(decision: Decision,
                                                scale)
 
 
+def local_attention_keys(decision: Decision, k: Tensor, pe: Tensor) -> Tensor:
+    """The layers' keys ``k - pe`` (B, heads, D, H, W) in the layout
+    ``decision.backend`` loads fastest: head-contiguous for Triton (the
+    slot kernels' vector loads; same single pass), else as ``k - pe``."""
+    if decision.backend == 'triton':
+        from . import triton
+        return triton.head_contiguous_keys(k, pe)
+    return k - pe
+
+
 def run_window_attention(decision: Decision,
                          q: Tensor,
                          k: Tensor,

@@ -281,6 +281,67 @@ else:
     _backward_op = _backward
 
 
+def _head_contiguous_keys(k: Tensor, pe: Tensor) -> Tensor:
+    """``k - pe`` for k (B, heads, D, H, W) and pe broadcasting to it, laid
+    out head-contiguous (channel stride 1), in the one pass of the
+    subtraction: the slot kernels then load each key pixel's channels as
+    16-byte vectors."""
+    out = _head_contiguous_keys_fake(k, pe)
+    return torch.sub(k, pe, out=out)
+
+
+def _head_contiguous_keys_fake(k: Tensor, pe: Tensor) -> Tensor:
+    """Shape, dtype and strides of :func:`_head_contiguous_keys`."""
+    batch, heads, head_dim, height, width = k.shape
+    return k.new_empty(
+        (batch, heads, height, width, head_dim)).permute(0, 1, 4, 2, 3)
+
+
+def _keys_setup_context(ctx, inputs: Tuple[Tensor, Tensor], output: Tensor):
+    ctx.pe_shape = inputs[1].shape
+
+
+def _keys_backward(ctx, grad_keys: Tensor) -> Tuple[Tensor, Tensor]:
+    grad_pe = None
+    if ctx.needs_input_grad[1]:
+        grad_pe = grad_keys.sum_to_size(ctx.pe_shape).neg()
+    return grad_keys, grad_pe
+
+
+if CUSTOM_OP_AVAILABLE:
+    _keys_op = torch.library.custom_op(
+        'acmix_mm::head_contiguous_keys',
+        _head_contiguous_keys,
+        mutates_args=(),
+        schema='(Tensor k, Tensor pe) -> Tensor')
+    _keys_op.register_fake(_head_contiguous_keys_fake)
+    _keys_op.register_autograd(
+        _keys_backward, setup_context=_keys_setup_context)
+else:
+
+    class _HeadContiguousKeysFunction(torch.autograd.Function):
+        """:func:`head_contiguous_keys` as a Function (torch older than
+        2.4)."""
+        forward = staticmethod(_head_contiguous_keys)
+        setup_context = staticmethod(_keys_setup_context)
+        backward = staticmethod(_keys_backward)
+
+    _keys_op = _HeadContiguousKeysFunction.apply
+
+
+def head_contiguous_keys(k: Tensor, pe: Tensor) -> Tensor:
+    """The layers' keys ``k - pe`` (B, heads, D, H, W), with autograd, laid
+    out with channel stride 1 for the kernels' vector loads
+    (``torch.ops.acmix_mm.head_contiguous_keys``, opaque to
+    ``torch.compile``, which would not keep the layout).
+
+    Args:
+        k: (B, heads, D, H, W) projected keys, any strides.
+        pe: positional term broadcasting to k, e.g. (1, 1, D, H, W).
+    """
+    return _keys_op(k, pe)
+
+
 def local_attention(q: Tensor,
                     k: Tensor,
                     v: Tensor,

@@ -88,6 +88,24 @@ def test_acmix_fused_matches_reference(stride, size):
     assert_same(fused, reference, torch.randn(2, 8, *size, device=DEVICE))
 
 
+@needs_triton
+def test_acmix_hands_the_kernels_head_contiguous_keys(monkeypatch):
+    """With the Triton backend the layer's keys (k - pe) come laid out with
+    channel stride 1, for the slot kernels' vector loads."""
+    from acmix_mm.ops import triton as triton_backend
+    key_strides = []
+    run = triton_backend.local_attention
+
+    def recording_strides(q, k, v, *args, **kwargs):
+        key_strides.append(k.stride())
+        return run(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(triton_backend, 'local_attention', recording_strides)
+    layer = ACmix(8, 16, kernel_att=5, head=2, attn_impl='triton')
+    layer.to(DEVICE)(torch.randn(1, 8, 5, 6, device=DEVICE))
+    assert [strides[2] for strides in key_strides] == [1]
+
+
 @pytest.mark.parametrize('shift', [0, 2])
 @pytest.mark.parametrize('size', [(8, 12), (9, 10), (3, 3)])
 def test_window_acmix_fused_matches_reference(shift, size):

@@ -65,6 +65,42 @@ def test_opcheck(shape):
                           (q, k, v, kernel_size, stride, SCALE))
 
 
+@pytest.mark.parametrize('shape', [(2, 3, 16, 5, 7), (1, 1, 8, 1, 1)], ids=str)
+def test_head_contiguous_keys(shape):
+    """k - pe laid out with channel stride 1, exactly, with the gradients
+    of k (a channel-major slice of the projection, as in the layers) and
+    of the broadcast pe."""
+    batch, heads, head_dim, height, width = shape
+    qkv = torch.randn(
+        batch,
+        head_dim,
+        3,
+        heads,
+        height,
+        width,
+        device=DEVICE,
+        requires_grad=True)
+    k = qkv[:, :, 1].transpose(1, 2)
+    pe = torch.randn(
+        1, 1, head_dim, height, width, device=DEVICE, requires_grad=True)
+    keys = triton_backend.head_contiguous_keys(k, pe)
+    assert keys.stride()[2:] == (1, width * head_dim, head_dim)
+    torch.testing.assert_close(keys, k - pe, rtol=0, atol=0)
+    grad_keys = torch.randn(keys.shape, device=DEVICE)
+    grads = torch.autograd.grad(keys, (qkv, pe), grad_keys)
+    expected = torch.autograd.grad(k - pe, (qkv, pe), grad_keys)
+    for grad, expected_grad in zip(grads, expected):
+        torch.testing.assert_close(grad, expected_grad)
+
+
+@needs_custom_op
+def test_head_contiguous_keys_opcheck():
+    k = torch.randn(2, 2, 8, 4, 5, device=DEVICE, requires_grad=True)
+    pe = torch.randn(1, 1, 8, 4, 5, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.acmix_mm.head_contiguous_keys.default,
+                          (k, pe))
+
+
 @needs_custom_op
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('height,width,stride', [(1, 1, 1), (5, 8, 2),

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 from acmix_mm.ops.conv_path import (check_conv_path, fold_conv_path_weight,
                                     folded_conv_path, shift_conv_path)
 from acmix_mm.ops.dispatch import (LOCAL_ATTENTION, check_attn_impl,
-                                   choose_backend, run_local_attention)
+                                   choose_backend, local_attention_keys,
+                                   run_local_attention)
 from .init import reset_acmix_parameters
 
 
@@ -122,12 +123,13 @@ class ACmix(BaseModule):
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
         height, width = x.shape[-2:]
         grid = position_grid(height, width, qkv.dtype, qkv.device)
-        keys = k - self.conv_p(grid).to(qkv.dtype).unsqueeze(1)
+        position = self.conv_p(grid).to(qkv.dtype).unsqueeze(1)
         decision = choose_backend(
             LOCAL_ATTENTION, self.attn_impl, qkv.device.type, qkv.dtype,
             self.head_dim, self.kernel_att, self.stride,
             torch.is_grad_enabled()
-            and (qkv.requires_grad or keys.requires_grad))
+            and (qkv.requires_grad or position.requires_grad))
+        keys = local_attention_keys(decision, k, position)
         out_att = run_local_attention(decision, q, keys, v, self.kernel_att,
                                       self.stride,
                                       self.head_dim**-0.5).flatten(1, 2)
