@@ -97,6 +97,9 @@ class Variant(NamedTuple):
     small_map: bool
     num_warps: int
     num_stages: int
+    # Keys with channel stride 1 (the layers' keys): the slot forward and
+    # dQ load them as vectors.
+    head_contiguous_keys: bool = False
 
 
 class Binary(NamedTuple):
@@ -170,13 +173,25 @@ def parse_args() -> argparse.Namespace:
         metavar='W,S',
         help='(num_warps, num_stages) to compile (default: those each '
         "kernel's autotuner tries)")
+    add_head_contiguous_keys_option(parser)
     parser.add_argument('--json', help='also write the report here')
     return parser.parse_args()
 
 
+def add_head_contiguous_keys_option(parser: argparse.ArgumentParser) -> None:
+    """``--head-contiguous-keys``: :attr:`Variant.head_contiguous_keys`."""
+    parser.add_argument(
+        '--head-contiguous-keys',
+        action='store_true',
+        help='keys with channel stride 1, as the ACmix layers give the '
+        'Triton backend: the slot forward and dQ load them as 16-byte '
+        'vectors (default: channel-major, as a plain op call)')
+
+
 def kernel_launch(variant: Variant) -> Launch:
     """The variant's kernel with the constexprs of its launcher; column
-    strides specialised to 1 and pointers to 16-byte alignment."""
+    strides specialised to 1 and pointers to 16-byte alignment; with head-
+    contiguous keys, the key strides in vector units (channel stride 1)."""
     spec = KERNELS[variant.kernel]
     constexprs = dict(
         shape_meta(variant.head_dim, variant.kernel_size, variant.stride,
@@ -184,7 +199,17 @@ def kernel_launch(variant: Variant) -> Launch:
         **spec.tiling(variant.kernel_size, variant.stride, variant.head_dim,
                       getattr(torch, variant.dtype)).as_meta(),
         **spec.extra_meta)
-    types, ones, aligned = {}, [], []
+    ones = [
+        arg for arg in spec.kernel.arg_names
+        if arg.startswith('stride_') and arg.endswith('x')
+    ]
+    if variant.head_contiguous_keys and 'K_VECTOR' in constexprs:
+        vector = 16 // getattr(torch, variant.dtype).itemsize
+        constexprs['K_VECTOR'] = vector
+        ones.append('stride_kd')
+        if variant.head_dim != vector:  # stride_kx: head_dim / vector
+            ones.remove('stride_kx')
+    types, aligned = {}, []
     for arg in spec.kernel.arg_names:
         if arg in constexprs:
             continue
@@ -197,8 +222,6 @@ def kernel_launch(variant: Variant) -> Launch:
             types[arg] = 'fp32'
         else:
             types[arg] = 'i32'
-            if arg.startswith('stride_') and arg.endswith('x'):
-                ones.append(arg)
     return Launch(spec.kernel, constexprs, types, tuple(ones), tuple(aligned))
 
 
@@ -363,7 +386,7 @@ def main() -> None:
           f'{"stack":>6}{"tensor cores":>13}')
     variants = (
         Variant(name, dtype, head_dim, kernel_size, stride, bool(small_map),
-                num_warps, num_stages)
+                num_warps, num_stages, args.head_contiguous_keys)
         for name, dtype, head_dim, kernel_size, stride, small_map in
         itertools.product(args.kernels, args.dtypes, args.head_dims,
                           args.kernel_sizes, args.strides, args.small_maps)
