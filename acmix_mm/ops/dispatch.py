@@ -275,13 +275,16 @@ def run_local_attention(decision: Decision,
                                                scale)
 
 
-def local_attention_keys(decision: Decision, k: Tensor, pe: Tensor) -> Tensor:
+def local_attention_keys(decision: Decision, k: Tensor, pe: Tensor,
+                         stride: int) -> Tensor:
     """The layers' keys ``k - pe`` (B, heads, D, H, W) in the layout
-    ``decision.backend`` loads fastest: head-contiguous for Triton (the
-    slot kernels' vector loads; same single pass), else as ``k - pe``."""
+    ``decision.backend`` loads fastest at ``stride``: head-contiguous where
+    the Triton kernels load them as vectors (same single pass), else as
+    ``k - pe``."""
     if decision.backend == 'triton':
         from . import triton
-        return triton.head_contiguous_keys(k, pe)
+        if triton.loads_keys_as_vectors(k.shape[2], stride):
+            return triton.head_contiguous_keys(k, pe)
     return k - pe
 
 

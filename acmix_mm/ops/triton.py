@@ -329,6 +329,14 @@ else:
     _keys_op = _HeadContiguousKeysFunction.apply
 
 
+def loads_keys_as_vectors(head_dim: int, stride: int) -> bool:
+    """Whether the kernels the op runs at ``head_dim`` and ``stride`` (the
+    slot design) load head-contiguous keys as vectors; the region kernels
+    gather channel-major tiles, best from channel-major keys."""
+    from .triton_kernels import kernel_design
+    return kernel_design(head_dim, stride) == 'slot'
+
+
 def head_contiguous_keys(k: Tensor, pe: Tensor) -> Tensor:
     """The layers' keys ``k - pe`` (B, heads, D, H, W), with autograd, laid
     out with channel stride 1 for the kernels' vector loads

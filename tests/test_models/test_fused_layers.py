@@ -89,10 +89,14 @@ def test_acmix_fused_matches_reference(stride, size):
 
 
 @needs_triton
-def test_acmix_hands_the_kernels_head_contiguous_keys(monkeypatch):
+@pytest.mark.parametrize('stride', [1, 2])
+def test_acmix_hands_the_slot_kernels_head_contiguous_keys(
+        monkeypatch, stride):
     """With the Triton backend the layer's keys (k - pe) come laid out with
-    channel stride 1, for the slot kernels' vector loads."""
+    channel stride 1 where the kernels load them as vectors (the slot
+    design), channel-major to the region kernels."""
     from acmix_mm.ops import triton as triton_backend
+    from acmix_mm.ops.triton_kernels import available_designs
     key_strides = []
     run = triton_backend.local_attention
 
@@ -101,9 +105,12 @@ def test_acmix_hands_the_kernels_head_contiguous_keys(monkeypatch):
         return run(q, k, v, *args, **kwargs)
 
     monkeypatch.setattr(triton_backend, 'local_attention', recording_strides)
-    layer = ACmix(8, 16, kernel_att=5, head=2, attn_impl='triton')
+    layer = ACmix(
+        8, 16, kernel_att=5, head=2, stride=stride, attn_impl='triton')
     layer.to(DEVICE)(torch.randn(1, 8, 5, 6, device=DEVICE))
-    assert [strides[2] for strides in key_strides] == [1]
+    head_contiguous = triton_backend.loads_keys_as_vectors(8, stride)
+    assert head_contiguous == (stride == 1 and 'slot' in available_designs())
+    assert [strides[2] == 1 for strides in key_strides] == [head_contiguous]
 
 
 @pytest.mark.parametrize('shift', [0, 2])

@@ -129,7 +129,7 @@ class ACmix(BaseModule):
             self.head_dim, self.kernel_att, self.stride,
             torch.is_grad_enabled()
             and (qkv.requires_grad or position.requires_grad))
-        keys = local_attention_keys(decision, k, position)
+        keys = local_attention_keys(decision, k, position, self.stride)
         out_att = run_local_attention(decision, q, keys, v, self.kernel_att,
                                       self.stride,
                                       self.head_dim**-0.5).flatten(1, 2)
