@@ -221,11 +221,22 @@ def _window_multiplicity(query_y, query_x, key_y, key_x, pair_valid, height,
 def _channel_major(channel_stride, pixel_offsets, pixel_valid,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """Offsets and mask of a [BLOCK_D, N] tile of N pixels (channels beyond
-    HEAD_DIM and invalid pixels masked)."""
+    HEAD_DIM and invalid pixels masked; ``pixel_valid`` None: all pixels
+    valid, a [BLOCK_D, 1] mask)."""
     channels = tl.arange(0, BLOCK_D)
     offsets = channels[:, None] * channel_stride + pixel_offsets[None, :]
-    mask = (channels < HEAD_DIM)[:, None] & pixel_valid[None, :]
+    if pixel_valid is None:
+        mask = (channels < HEAD_DIM)[:, None]
+    else:
+        mask = (channels < HEAD_DIM)[:, None] & pixel_valid[None, :]
     return offsets, mask
+
+
+@triton.jit
+def _unmasked(pixel_valid, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Whether a channel-major tile needs no mask: all its pixels valid
+    (``pixel_valid`` None) and all its channels real."""
+    return (pixel_valid is None) & (HEAD_DIM == BLOCK_D)
 
 
 @triton.jit
@@ -234,7 +245,11 @@ def _load_channel_major(ptr, channel_stride, pixel_offsets, pixel_valid,
     """[BLOCK_D, N] tile of N pixels (zeros beyond HEAD_DIM / off-map)."""
     offsets, mask = _channel_major(channel_stride, pixel_offsets, pixel_valid,
                                    HEAD_DIM, BLOCK_D)
-    return tl.load(ptr + offsets, mask=mask, other=0.0)
+    if _unmasked(pixel_valid, HEAD_DIM, BLOCK_D):
+        tile = tl.load(ptr + offsets)
+    else:
+        tile = tl.load(ptr + offsets, mask=mask, other=0.0)
+    return tile
 
 
 @triton.jit
@@ -244,8 +259,11 @@ def _store_channel_major(ptr, values, channel_stride, pixel_offsets,
     """Store a [N, BLOCK_D] tile (pixels x channels) to N pixels."""
     offsets, mask = _channel_major(channel_stride, pixel_offsets, pixel_valid,
                                    HEAD_DIM, BLOCK_D)
-    tl.store(
-        ptr + offsets, tl.trans(values).to(ptr.dtype.element_ty), mask=mask)
+    values = tl.trans(values).to(ptr.dtype.element_ty)
+    if _unmasked(pixel_valid, HEAD_DIM, BLOCK_D):
+        tl.store(ptr + offsets, values)
+    else:
+        tl.store(ptr + offsets, values, mask=mask)
 
 
 @triton.jit
@@ -848,7 +866,8 @@ def _grad_key_value_kernel(
     k, v = tl.trans(k), tl.trans(v)
     q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
     g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
-    stats_base = batch_head.to(tl.int64) * out_height * out_width
+    lse_ptr += batch_head.to(tl.int64) * out_height * out_width
+    delta_ptr += batch_head.to(tl.int64) * out_height * out_width
     # First output row (col) whose input position is >= first - pad:
     # ceil((first - pad) / STRIDE), written with a non-negative dividend.
     shift = STRIDE * pad + STRIDE - 1 - pad
@@ -870,7 +889,7 @@ def _grad_key_value_kernel(
         grad_out = _load_channel_major(
             g_ptr, stride_gd, out_row * stride_gy + out_col * stride_gx,
             query_valid, HEAD_DIM, BLOCK_D)
-        stat_offsets = stats_base + out_row * out_width + out_col
+        stat_offsets = out_row * out_width + out_col
         lse = tl.load(lse_ptr + stat_offsets, mask=query_valid, other=0.0)
         delta = tl.load(delta_ptr + stat_offsets, mask=query_valid, other=0.0)
         logits_t = _matmul(k, q) * scale
@@ -899,36 +918,55 @@ def _grad_key_value_kernel(
 
 @triton.jit
 def _query_row_inputs(q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col,
-                      stats_base, out_height, out_width, stride_qd, stride_qy,
-                      stride_qx, stride_gd, stride_gy, stride_gx,
-                      HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr,
-                      BLOCK_D: tl.constexpr):
+                      out_height, out_width, stride_qd, stride_qy, stride_qx,
+                      stride_gd, stride_gy, stride_gx, HEAD_DIM: tl.constexpr,
+                      STRIDE: tl.constexpr, BLOCK_D: tl.constexpr,
+                      ON_MAP: tl.constexpr):
     """q, grad_out [CHUNK_W, BLOCK_D], lse (log2 units) and delta of the
     queries ``out_col`` of output row ``out_row``: zeros off the map, where
-    a query's terms of dK and dV vanish (dO = 0, q = 0)."""
-    # A vector: a scalar condition in a mask fails in the interpreter.
-    rows = tl.zeros_like(out_col) + out_row
-    valid = ((out_col >= 0) & (out_col < out_width) & (rows >= 0) &
-             (rows < out_height))
-    q = _load_pixels(q_ptr,
-                     STRIDE * (out_row * stride_qy + out_col * stride_qx),
-                     valid, stride_qd, HEAD_DIM, BLOCK_D, False)
-    grad_out = _load_pixels(g_ptr, out_row * stride_gy + out_col * stride_gx,
-                            valid, stride_gd, HEAD_DIM, BLOCK_D, False)
-    stat_offsets = stats_base + out_row * out_width + out_col
-    lse = tl.load(lse_ptr + stat_offsets, mask=valid, other=0.0)
-    delta = tl.load(delta_ptr + stat_offsets, mask=valid, other=0.0)
+    a query's terms of dK and dV vanish (dO = 0, q = 0). ON_MAP: all
+    queries are on the map (no masks)."""
+    valid = None
+    if not ON_MAP:
+        # A vector: a scalar condition in a mask fails in the interpreter.
+        rows = tl.zeros_like(out_col) + out_row
+        valid = ((out_col >= 0) & (out_col < out_width) & (rows >= 0) &
+                 (rows < out_height))
+    if ON_MAP:
+        # The row on the pointers: a scalar add, not one per element (which
+        # the edge kernel, short of registers, keeps: it spills without).
+        q_ptr += STRIDE * out_row * stride_qy
+        g_ptr += out_row * stride_gy
+        q_offsets = STRIDE * out_col * stride_qx
+        g_offsets = out_col * stride_gx
+    else:
+        q_offsets = STRIDE * (out_row * stride_qy + out_col * stride_qx)
+        g_offsets = out_row * stride_gy + out_col * stride_gx
+    q = _load_pixels(q_ptr, q_offsets, valid, stride_qd, HEAD_DIM, BLOCK_D,
+                     False)
+    grad_out = _load_pixels(g_ptr, g_offsets, valid, stride_gd, HEAD_DIM,
+                            BLOCK_D, False)
+    stat_offsets = out_row * out_width + out_col
+    if ON_MAP:
+        lse = tl.load(lse_ptr + stat_offsets)
+        delta = tl.load(delta_ptr + stat_offsets)
+    else:
+        lse = tl.load(lse_ptr + stat_offsets, mask=valid, other=0.0)
+        delta = tl.load(delta_ptr + stat_offsets, mask=valid, other=0.0)
     return q, grad_out, lse * _LOG2E, delta
 
 
 @triton.jit
-def _slot_row_grad_key_value(k, v, q, grad_out, bias, lse_log2, delta, grad_k,
-                             grad_v, scale_log2):
+def _slot_row_grad_key_value(k, v, q, grad_out, bias, weights, lse_log2, delta,
+                             grad_k, grad_v, scale_log2):
     """grad_k (unscaled) and grad_v [N, BLOCK_D] of keys k (signed), v
     plus the terms of a row of queries q, grad_out [CHUNK_W, BLOCK_D]
-    under the additive mask ``bias`` [N, CHUNK_W]."""
+    under the additive mask ``bias`` [N, CHUNK_W], each term times its
+    window multiplicity ``weights`` [N, CHUNK_W] (None: 1)."""
     logits = _matmul_add(k, tl.trans(q), bias)
     probs = _exp2(logits * scale_log2 - lse_log2[None, :])
+    if weights is not None:
+        probs *= weights
     grad_v = _matmul_add(probs.to(grad_out.dtype), grad_out, grad_v)
     grad_logits = probs * (_matmul(v, tl.trans(grad_out)) - delta[None, :])
     grad_k = _matmul_add(grad_logits.to(q.dtype), q, grad_k)
@@ -938,10 +976,10 @@ def _slot_row_grad_key_value(k, v, q, grad_out, bias, lse_log2, delta, grad_k,
 @triton.jit
 def _key_row_bias(col_bias, first_offset, key_row, KERNEL_SIZE: tl.constexpr,
                   TILE_H: tl.constexpr):
-    """Additive mask [N, CHUNK_W] of a key tile against a row of queries,
-    ``first_offset`` (constexpr) the tile's first key row minus the
-    queries' row (input pixels): the column band, plus the row band where
-    some key row is out of the queries' reach."""
+    """Additive mask [N, CHUNK_W] of an interior key tile against a row of
+    queries, ``first_offset`` (constexpr) the tile's first key row minus
+    the queries' row (input pixels): the column band, plus the row band
+    where some key row is out of the queries' reach."""
     pad: tl.constexpr = KERNEL_SIZE // 2
     bias = col_bias
     if (first_offset < -pad) | (first_offset + TILE_H - 1 > pad):
@@ -950,107 +988,52 @@ def _key_row_bias(col_bias, first_offset, key_row, KERNEL_SIZE: tl.constexpr,
 
 
 @triton.jit
-def _mirror_image(position, size, kind, PAD: tl.constexpr,
-                  SMALL_MAP: tl.constexpr):
-    """Padded position of image ``kind`` of pixels ``position`` on an axis
-    of ``size`` pixels, and whether they have it.
-
-    Kinds 0, 1, 2: the pixel itself; its mirror image at 0 (-position, for
-    pixels 1 .. pad); at size - 1 (2 * (size - 1) - position, for pixels
-    size - 1 - pad .. size - 2); no others within pad of a map larger than
-    pad. SMALL_MAP: kind c is padded position c - pad, an image of the
-    pixels it reflects to (size + 2 * pad kinds).
-    """
-    if SMALL_MAP:
-        image = tl.zeros_like(position) + kind - PAD
-        has = _reflect(image, size, PAD, True) == position
-    else:
-        mirrored = tl.where(kind == 1, -position, 2 * (size - 1) - position)
-        image = tl.where(kind == 0, position, mirrored)
-        has = ((kind == 0) | ((kind == 1) & (position >= 1) &
-                              (position <= PAD)) |
-               ((kind == 2) & (position >= size - 1 - PAD) &
-                (position <= size - 2)))
-    return image, has
+def _key_row_weights(col_hits, query_y, key_y, height,
+                     KERNEL_SIZE: tl.constexpr, SMALL_MAP: tl.constexpr):
+    """Window multiplicities [N, CHUNK_W] of an edge key tile (rows
+    ``key_y`` [N]) against a row of queries at input row ``query_y``:
+    row hits times the column hits ``col_hits`` [N, CHUNK_W] (reflection
+    counted, :func:`_add_axis_hits`), and the additive mask of the pairs
+    with none."""
+    row_hits = _add_axis_hits(
+        tl.zeros_like(key_y), query_y, key_y, height, 1, KERNEL_SIZE,
+        SMALL_MAP)
+    weights = (row_hits[:, None] * col_hits).to(tl.float32)
+    return tl.where(weights > 0, 0.0, _MASKED_LOGIT), weights
 
 
 @triton.jit
-def _mirror_grads(k, v, grad_k, grad_v, key_y, key_x, key_valid, q_ptr, g_ptr,
-                  lse_ptr, delta_ptr, stats_base, height, width, out_height,
-                  out_width, scale_log2, stride_qd, stride_qy, stride_qx,
-                  stride_gd, stride_gy, stride_gx, HEAD_DIM: tl.constexpr,
-                  KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
-                  SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
-                  CHUNK_W: tl.constexpr):
-    """grad_k and grad_v of keys plus the terms of the queries that reach
-    them through their mirror images (padded positions off the map): per
-    (row image, column image) kind, over the rows of queries within reach
-    of the images, masks computed at run time."""
-    pad = KERNEL_SIZE // 2
-    far = 1 << 20
-    query = tl.arange(0, CHUNK_W)
-    if SMALL_MAP:
-        row_kinds, col_kinds = height + 2 * pad, width + 2 * pad
+def _key_tile_step(k, v, q, grad_out, lse_log2, delta, grad_k, grad_v,
+                   scale_log2, col_bias, col_hits, first_offset, key_row,
+                   key_y, query_y, height, KERNEL_SIZE: tl.constexpr,
+                   SMALL_MAP: tl.constexpr, TILE_H: tl.constexpr,
+                   EDGE: tl.constexpr):
+    """:func:`_slot_row_grad_key_value` of a key tile (rows ``key_y``,
+    ``first_offset`` the first minus the queries' input row ``query_y``)
+    and a row of queries: at EDGE tiles, under the window multiplicities
+    (:func:`_key_row_weights`), else under the static window mask
+    (:func:`_key_row_bias`)."""
+    if EDGE:
+        bias, weights = _key_row_weights(col_hits, query_y, key_y, height,
+                                         KERNEL_SIZE, SMALL_MAP)
     else:
-        row_kinds, col_kinds = 3, 3
-    for kinds in range(row_kinds * col_kinds):
-        image_y, has_y = _mirror_image(key_y, height, kinds // col_kinds, pad,
-                                       SMALL_MAP)
-        image_x, has_x = _mirror_image(key_x, width, kinds % col_kinds, pad,
-                                       SMALL_MAP)
-        # The keys' own positions are the direct loop's.
-        has = (
-            key_valid & has_y & has_x & ((image_y != key_y) |
-                                         (image_x != key_x)))
-        lowest_y = tl.min(tl.where(has, image_y, far), axis=0)
-        highest_y = tl.max(tl.where(has, image_y, -far), axis=0)
-        lowest_x = tl.min(tl.where(has, image_x, far), axis=0)
-        # Output rows and columns whose windows reach the images: ceil and
-        # floor of (image -+ pad) / STRIDE, within the map.
-        first_out_row = (tl.maximum(lowest_y - pad, 0) + STRIDE - 1) // STRIDE
-        last_out_row = tl.minimum((highest_y + pad) // STRIDE, out_height - 1)
-        out_col = (tl.maximum(lowest_x - pad, 0) + STRIDE -
-                   1) // STRIDE + query
-        col_bias = tl.where(
-            has[:, None],
-            _band(image_x[:, None] - STRIDE * out_col[None, :], pad),
-            _MASKED_LOGIT)
-        for out_row in range(first_out_row, last_out_row + 1):
-            q, grad_out, lse_log2, delta = _query_row_inputs(
-                q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col, stats_base,
-                out_height, out_width, stride_qd, stride_qy, stride_qx,
-                stride_gd, stride_gy, stride_gx, HEAD_DIM, STRIDE, BLOCK_D)
-            bias = col_bias + _band(image_y - STRIDE * out_row, pad)[:, None]
-            grad_k, grad_v = _slot_row_grad_key_value(k, v, q, grad_out, bias,
-                                                      lse_log2, delta, grad_k,
-                                                      grad_v, scale_log2)
-    return grad_k, grad_v
+        bias = _key_row_bias(col_bias, first_offset, key_row, KERNEL_SIZE,
+                             TILE_H)
+        weights = None
+    return _slot_row_grad_key_value(k, v, q, grad_out, bias, weights, lse_log2,
+                                    delta, grad_k, grad_v, scale_log2)
 
 
 @triton.jit
-def _key_tile_grads(dk_ptr, dv_ptr, q_ptr, g_ptr, lse_ptr, delta_ptr, grad_k,
-                    grad_v, k, v, key_y, key_x, stats_base, height, width,
-                    out_height, out_width, scale, scale_log2, stride_qd,
-                    stride_qy, stride_qx, stride_gd, stride_gy, stride_gx,
-                    stride_dkd, stride_dky, stride_dkx, stride_dvd, stride_dvy,
-                    stride_dvx, HEAD_DIM: tl.constexpr,
-                    KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
-                    SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
-                    CHUNK_W: tl.constexpr):
-    """Add the mirror images' terms to a key tile's gradients (tiles within
-    reach of an edge) and store dK, dV."""
-    pad = KERNEL_SIZE // 2
-    key_valid = (key_y < height) & (key_x < width)
-    first_y, last_y = tl.min(key_y, axis=0), tl.max(key_y, axis=0)
-    first_x, last_x = tl.min(key_x, axis=0), tl.max(key_x, axis=0)
-    if SMALL_MAP | (first_y <= pad) | (last_y >= height - 1 - pad) | (
-            first_x <= pad) | (last_x >= width - 1 - pad):
-        grad_k, grad_v = _mirror_grads(
-            k, v, grad_k, grad_v, key_y, key_x, key_valid, q_ptr, g_ptr,
-            lse_ptr, delta_ptr, stats_base, height, width, out_height,
-            out_width, scale_log2, stride_qd, stride_qy, stride_qx, stride_gd,
-            stride_gy, stride_gx, HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP,
-            BLOCK_D, CHUNK_W)
+def _store_key_tile(dk_ptr, dv_ptr, grad_k, grad_v, key_y, key_x, height,
+                    width, scale, stride_dkd, stride_dky, stride_dkx,
+                    stride_dvd, stride_dvy, stride_dvx, HEAD_DIM: tl.constexpr,
+                    BLOCK_D: tl.constexpr, EDGE: tl.constexpr):
+    """Store dK (grad_k times the scale) and dV of a key tile (masked to
+    the map at EDGE tiles)."""
+    key_valid = None
+    if EDGE:
+        key_valid = (key_y < height) & (key_x < width)
     _store_channel_major(dk_ptr, grad_k * scale, stride_dkd,
                          key_y * stride_dky + key_x * stride_dkx, key_valid,
                          HEAD_DIM, BLOCK_D)
@@ -1059,33 +1042,37 @@ def _key_tile_grads(dk_ptr, dv_ptr, q_ptr, g_ptr, lse_ptr, delta_ptr, grad_k,
                          HEAD_DIM, BLOCK_D)
 
 
-@_jit
-def _slot_grad_key_value_kernel(
+@triton.jit
+def _slot_key_value_grads(
         q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
         stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
         stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
         stride_vd, stride_vy, stride_vx, stride_gb, stride_gh, stride_gd,
         stride_gy, stride_gx, stride_dkb, stride_dkh, stride_dkd, stride_dky,
         stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
-        heads, height, width, out_height, out_width, scale,
+        heads, height, width, out_height, out_width, scale, tile_col, tile_row,
         HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
         STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
-        CHUNK_W: tl.constexpr):
-    """Program (column of tiles, row of TILES tiles, map): dK and dV of
-    TILES (1 or 2) TILE_H x TILE_W key tiles stacked vertically.
+        CHUNK_W: tl.constexpr, EDGE: tl.constexpr):
+    """dK and dV of TILES (1 or 2) TILE_H x TILE_W key tiles stacked
+    vertically, at column ``tile_col`` and row ``tile_row`` of such stacks,
+    of map ``tl.program_id(2)``; EDGE: anywhere (masks, reflection), else
+    interior (no key within pad of an edge, all queries in reach on the
+    map: no masks, no reflection).
 
-    A key's own position is reached by the queries within pad of it: the
-    rows of CHUNK_W queries over the tiles, shared rows loaded once, in a
-    loop unrolled so that each step's window mask is known at compile time
-    (as in :func:`_slot_forward_kernel`, transposed). Tiles within reach of
-    an edge then add the queries that reach their keys through mirror
-    images (:func:`_mirror_grads`). Every key is summed by one program in a
-    fixed order: no atomics.
+    A query reaches a key only from within pad of it, through a mirror
+    image too (reflection brings an image no farther from the map's
+    pixels). So the rows of CHUNK_W queries within pad of the tiles hold
+    every term: shared rows loaded once, in a loop unrolled so that each
+    step's window mask is known at compile time (as in
+    :func:`_slot_forward_kernel`, transposed), each term weighted at edge
+    tiles by how many window offsets reach the key. Every key is summed by
+    one program in a fixed order: no atomics.
     """
     pad: tl.constexpr = KERNEL_SIZE // 2
-    first_col = tl.program_id(0) * TILE_W
-    first_row = tl.program_id(1) * (TILES * TILE_H)
+    first_col = tile_col * TILE_W
+    first_row = tile_row * (TILES * TILE_H)
     batch_head = tl.program_id(2)
     q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
     g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
@@ -1093,7 +1080,8 @@ def _slot_grad_key_value_kernel(
     v_ptr += _map_offset(batch_head, heads, stride_vb, stride_vh)
     dk_ptr += _map_offset(batch_head, heads, stride_dkb, stride_dkh)
     dv_ptr += _map_offset(batch_head, heads, stride_dvb, stride_dvh)
-    stats_base = batch_head.to(tl.int64) * out_height * out_width
+    lse_ptr += batch_head.to(tl.int64) * out_height * out_width
+    delta_ptr += batch_head.to(tl.int64) * out_height * out_width
     scale_log2 = _exponent_scale(scale)
 
     # Tile origins are multiples of STRIDE (TILE_H and TILE_W are), so the
@@ -1110,7 +1098,9 @@ def _slot_grad_key_value_kernel(
                      pad)
 
     key_y0 = first_row + key_row
-    valid0 = (key_y0 < height) & (key_x < width)
+    valid0 = None
+    if EDGE:
+        valid0 = (key_y0 < height) & (key_x < width)
     k0 = _signed(
         _load_pixels(k_ptr, key_y0 * stride_ky + key_x * stride_kx, valid0,
                      stride_kd, HEAD_DIM, BLOCK_D, False), scale)
@@ -1120,7 +1110,9 @@ def _slot_grad_key_value_kernel(
     grad_v0 = grad_k0
     key_y1 = key_y0 + TILE_H
     if TILES == 2:
-        valid1 = (key_y1 < height) & (key_x < width)
+        valid1 = None
+        if EDGE:
+            valid1 = (key_y1 < height) & (key_x < width)
         k1 = _signed(
             _load_pixels(k_ptr, key_y1 * stride_ky + key_x * stride_kx, valid1,
                          stride_kd, HEAD_DIM, BLOCK_D, False), scale)
@@ -1128,44 +1120,128 @@ def _slot_grad_key_value_kernel(
                           valid1, stride_vd, HEAD_DIM, BLOCK_D, False)
         grad_k1, grad_v1 = grad_k0, grad_v0
 
+    col_hits = None
+    if EDGE:
+        col_hits = _add_axis_hits(
+            tl.zeros([TILE_H * TILE_W, CHUNK_W],
+                     tl.int32), STRIDE * out_col[None, :], key_x[:, None],
+            width, 1, KERNEL_SIZE, SMALL_MAP)
+
     for row in tl.static_range((TILES * TILE_H - 1 + pad) // STRIDE +
                                pad // STRIDE + 1):
+        out_row = first_row // STRIDE - pad // STRIDE + row
         q, grad_out, lse_log2, delta = _query_row_inputs(
-            q_ptr, g_ptr, lse_ptr, delta_ptr,
-            first_row // STRIDE - pad // STRIDE + row, out_col, stats_base,
-            out_height, out_width, stride_qd, stride_qy, stride_qx, stride_gd,
-            stride_gy, stride_gx, HEAD_DIM, STRIDE, BLOCK_D)
+            q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col, out_height,
+            out_width, stride_qd, stride_qy, stride_qx, stride_gd, stride_gy,
+            stride_gx, HEAD_DIM, STRIDE, BLOCK_D, not EDGE)
         # The first key row of tile 0 minus the queries' input row.
         offset = reach - STRIDE * row
         if (offset + TILE_H - 1 >= -pad) & (offset <= pad):
-            grad_k0, grad_v0 = _slot_row_grad_key_value(
-                k0, v0, q, grad_out,
-                _key_row_bias(col_bias, offset, key_row, KERNEL_SIZE, TILE_H),
-                lse_log2, delta, grad_k0, grad_v0, scale_log2)
+            grad_k0, grad_v0 = _key_tile_step(
+                k0, v0, q, grad_out, lse_log2, delta, grad_k0, grad_v0,
+                scale_log2, col_bias, col_hits, offset, key_row, key_y0,
+                STRIDE * out_row, height, KERNEL_SIZE, SMALL_MAP, TILE_H, EDGE)
         if TILES == 2:
             if (offset + 2 * TILE_H - 1 >= -pad) & (offset + TILE_H <= pad):
-                grad_k1, grad_v1 = _slot_row_grad_key_value(
-                    k1, v1, q, grad_out,
-                    _key_row_bias(col_bias, offset + TILE_H, key_row,
-                                  KERNEL_SIZE, TILE_H), lse_log2, delta,
-                    grad_k1, grad_v1, scale_log2)
+                grad_k1, grad_v1 = _key_tile_step(
+                    k1, v1, q, grad_out, lse_log2, delta, grad_k1, grad_v1,
+                    scale_log2, col_bias, col_hits, offset + TILE_H, key_row,
+                    key_y1, STRIDE * out_row, height, KERNEL_SIZE, SMALL_MAP,
+                    TILE_H, EDGE)
 
-    _key_tile_grads(dk_ptr, dv_ptr, q_ptr, g_ptr, lse_ptr, delta_ptr, grad_k0,
-                    grad_v0, k0, v0, key_y0, key_x, stats_base, height, width,
-                    out_height, out_width, scale, scale_log2, stride_qd,
-                    stride_qy, stride_qx, stride_gd, stride_gy, stride_gx,
-                    stride_dkd, stride_dky, stride_dkx, stride_dvd, stride_dvy,
-                    stride_dvx, HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP,
-                    BLOCK_D, CHUNK_W)
+    _store_key_tile(dk_ptr, dv_ptr, grad_k0, grad_v0, key_y0, key_x, height,
+                    width, scale, stride_dkd, stride_dky, stride_dkx,
+                    stride_dvd, stride_dvy, stride_dvx, HEAD_DIM, BLOCK_D,
+                    EDGE)
     if TILES == 2:
-        _key_tile_grads(dk_ptr, dv_ptr, q_ptr, g_ptr, lse_ptr, delta_ptr,
-                        grad_k1, grad_v1, k1, v1, key_y1, key_x, stats_base,
-                        height, width, out_height, out_width, scale,
-                        scale_log2, stride_qd, stride_qy, stride_qx, stride_gd,
-                        stride_gy, stride_gx, stride_dkd, stride_dky,
+        _store_key_tile(dk_ptr, dv_ptr, grad_k1, grad_v1, key_y1, key_x,
+                        height, width, scale, stride_dkd, stride_dky,
                         stride_dkx, stride_dvd, stride_dvy, stride_dvx,
-                        HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP, BLOCK_D,
-                        CHUNK_W)
+                        HEAD_DIM, BLOCK_D, EDGE)
+
+
+@triton.jit
+def _edge_tile(index, tile_cols, first_inner_col, inner_cols, first_inner_row,
+               inner_rows):
+    """(column, row) of the ``index``-th tile outside the interior
+    rectangle of inner_cols x inner_rows tiles at (first_inner_col,
+    first_inner_row): the full rows above it, the side tiles of its rows,
+    then the full rows below."""
+    above = first_inner_row * tile_cols
+    side_cols = tile_cols - inner_cols
+    sides = inner_rows * side_cols
+    if index < above:
+        col = index % tile_cols
+        row = index // tile_cols
+    elif index < above + sides:
+        side = (index - above) % side_cols
+        col = side + inner_cols * (side >= first_inner_col)
+        row = first_inner_row + (index - above) // side_cols
+    else:
+        col = (index - above - sides) % tile_cols
+        row = first_inner_row + inner_rows + (index - above -
+                                              sides) // tile_cols
+    return col, row
+
+
+@_jit
+def _slot_grad_key_value_kernel(
+        q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_gb, stride_gh, stride_gd,
+        stride_gy, stride_gx, stride_dkb, stride_dkh, stride_dkd, stride_dky,
+        stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
+        heads, height, width, out_height, out_width, scale, tile_cols,
+        first_inner_col, inner_cols, first_inner_row, inner_rows,
+        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
+        CHUNK_W: tl.constexpr):
+    """Slot dK/dV of the interior key tiles: program (column, row, map) of
+    the interior rectangle (:class:`KeyTiles`)."""
+    _slot_key_value_grads(
+        q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_gb, stride_gh, stride_gd,
+        stride_gy, stride_gx, stride_dkb, stride_dkh, stride_dkd, stride_dky,
+        stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
+        heads, height, width, out_height, out_width, scale,
+        first_inner_col + tl.program_id(0), first_inner_row + tl.program_id(1),
+        HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP, BLOCK_D, TILE_H, TILE_W,
+        TILES, CHUNK_W, False)
+
+
+@_jit
+def _slot_grad_key_value_edge_kernel(
+        q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_gb, stride_gh, stride_gd,
+        stride_gy, stride_gx, stride_dkb, stride_dkh, stride_dkd, stride_dky,
+        stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
+        heads, height, width, out_height, out_width, scale, tile_cols,
+        first_inner_col, inner_cols, first_inner_row, inner_rows,
+        HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
+        CHUNK_W: tl.constexpr):
+    """Slot dK/dV of the edge key tiles: program (edge tile, 1, map), the
+    tiles around the interior rectangle in :func:`_edge_tile`'s order."""
+    tile_col, tile_row = _edge_tile(
+        tl.program_id(0), tile_cols, first_inner_col, inner_cols,
+        first_inner_row, inner_rows)
+    _slot_key_value_grads(
+        q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+        stride_qb, stride_qh, stride_qd, stride_qy, stride_qx, stride_kb,
+        stride_kh, stride_kd, stride_ky, stride_kx, stride_vb, stride_vh,
+        stride_vd, stride_vy, stride_vx, stride_gb, stride_gh, stride_gd,
+        stride_gy, stride_gx, stride_dkb, stride_dkh, stride_dkd, stride_dky,
+        stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
+        heads, height, width, out_height, out_width, scale, tile_col, tile_row,
+        HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP, BLOCK_D, TILE_H, TILE_W,
+        TILES, CHUNK_W, True)
 
 
 # ----------------------------------------------------------------------------
@@ -1257,6 +1333,68 @@ def slot_key_tiling(kernel_size: int, stride: int, head_dim: int,
                       max(16, triton.next_power_of_2(reach)))
 
 
+class KeyTiles(NamedTuple):
+    """The slot dK/dV's program tiles over one map: cols x rows, of which
+    the inner_cols x inner_rows at (first_col, first_row) are interior (no
+    key within pad of an edge, all queries in reach on the map) and the
+    others edge tiles (both counts 0 where none is interior)."""
+    cols: int
+    rows: int
+    first_col: int
+    inner_cols: int
+    first_row: int
+    inner_rows: int
+
+    @property
+    def edges(self) -> int:
+        """Number of edge tiles."""
+        return self.cols * self.rows - self.inner_cols * self.inner_rows
+
+    def kernel_args(self) -> Tuple[int, ...]:
+        """The kernel's tile_cols, first_inner_col, inner_cols,
+        first_inner_row, inner_rows."""
+        return (self.cols, self.first_col, self.inner_cols, self.first_row,
+                self.inner_rows)
+
+    def grid(self, maps: int, edge: bool) -> Tuple[int, int, int]:
+        """Launch grid of the edge or of the interior tiles."""
+        if edge:
+            return (self.edges, 1, maps)
+        return (self.inner_cols, self.inner_rows, maps)
+
+
+def _interior_tiles(size: int, out_size: int, extent: int, queries: int,
+                    kernel_size: int, stride: int) -> Tuple[int, int]:
+    """(first, count) of the interior tiles of ``extent`` keys along an axis
+    of ``size`` keys, ``out_size`` queries, ``queries`` of them loaded per
+    tile from first / stride - pad // stride."""
+    pad = kernel_size // 2
+    first = -(-(pad + 1) // extent)
+    last = min((size - 1 - pad - extent) // extent,
+               stride * (out_size - queries + pad // stride) // extent)
+    return first, max(0, last - first + 1)
+
+
+def key_tiles(tiling: SlotTiling, kernel_size: int, stride: int, height: int,
+              width: int) -> KeyTiles:
+    """The :class:`KeyTiles` of the slot dK/dV with ``tiling`` over an
+    ``height`` x ``width`` map."""
+    pad = kernel_size // 2
+    extent = tiling.tile_h * tiling.tiles
+    query_rows = (extent - 1 + pad) // stride + pad // stride + 1
+    first_col, inner_cols = _interior_tiles(width, math.ceil(width / stride),
+                                            tiling.tile_w, tiling.chunk_w,
+                                            kernel_size, stride)
+    first_row, inner_rows = _interior_tiles(height, math.ceil(height / stride),
+                                            extent, query_rows, kernel_size,
+                                            stride)
+    if not inner_cols * inner_rows:
+        first_col = inner_cols = first_row = inner_rows = 0
+    return KeyTiles(
+        triton.cdiv(width, tiling.tile_w), triton.cdiv(height, extent),
+        first_col, inner_cols, first_row, inner_rows)
+
+
 def _operand_width(head_dim: int, dtype: torch.dtype) -> int:
     """Channel block in 16-bit units: a float32 tile counts twice."""
     return head_block(head_dim) * (2 if dtype == torch.float32 else 1)
@@ -1316,10 +1454,12 @@ def head_block(head_dim: int) -> int:
 
 
 class LaunchPlan(NamedTuple):
-    """How a kernel covers one input shape: its grid size and the
-    iterations of its one runtime loop (the hot loop) per program."""
+    """How a kernel covers one input shape: its grid size, the iterations
+    of its one runtime loop (the hot loop) per program, and the share of
+    its part's work (key tiles) it does."""
     programs: int
     loop_trips: int
+    share: float = 1.0
 
 
 # (num_warps, num_stages) pairs.
@@ -1333,9 +1473,11 @@ class KernelSpec(NamedTuple):
     (num_warps, num_stages) its autotuner tries at a head dim."""
     kernel: Callable
     tiling: Callable[[int, int, int, torch.dtype], Tiling]
-    extra_meta: Dict[str, bool]
+    extra_meta: Dict[str, int]
     tiles_queries: bool
     tuning_configs: Callable[[int], TuningConfigs]
+    # The slot dK/dV's interior (False) or edge (True) tiles (KeyTiles).
+    edge_tiles: Optional[bool] = None
 
     def launch_plan(self, shape: Tuple[int, int, int, int,
                                        int], kernel_size: int, stride: int,
@@ -1343,6 +1485,11 @@ class KernelSpec(NamedTuple):
         """Grid and hot-loop trips for (B, heads, D, H, W) inputs."""
         batch, heads, head_dim, height, width = shape
         tiling = self.tiling(kernel_size, stride, head_dim, dtype)
+        if self.edge_tiles is not None:
+            tiles = key_tiles(tiling, kernel_size, stride, height, width)
+            programs = math.prod(tiles.grid(1, self.edge_tiles))
+            return LaunchPlan(programs * batch * heads, tiling.loop_trips,
+                              programs / (tiles.cols * tiles.rows))
         rows, cols = height, width
         if self.tiles_queries:
             rows, cols = math.ceil(height / stride), math.ceil(width / stride)
@@ -1429,8 +1576,19 @@ KERNELS = {
     KernelSpec(_grad_key_value_kernel, key_tiling, {}, False,
                _region_key_configs),
     'slot_grad_key_value':
-    KernelSpec(_slot_grad_key_value_kernel, slot_key_tiling, {}, False,
-               _slot_key_configs),
+    KernelSpec(
+        _slot_grad_key_value_kernel,
+        slot_key_tiling, {},
+        False,
+        _slot_key_configs,
+        edge_tiles=False),
+    'slot_grad_key_value_edge':
+    KernelSpec(
+        _slot_grad_key_value_edge_kernel,
+        slot_key_tiling, {},
+        False,
+        _slot_key_configs,
+        edge_tiles=True),
 }
 
 # 'W,S' pins the kernels to the tuning config (W, S): no autotuning, e.g. for
@@ -1677,19 +1835,28 @@ def _shape_meta(q: Tensor, kernel_size: int, stride: int) -> dict:
 
 
 class KernelSet(NamedTuple):
-    """The KERNELS of one design: forward, dQ (and delta), dK/dV."""
+    """The KERNELS of one design: forward, dQ (and delta), dK/dV (of the
+    interior key tiles, where the design splits them) and dK/dV of the
+    edge key tiles (None: no split)."""
     forward: str
     grad_query: str
     grad_key_value: str
+    edge_grad_key_value: Optional[str] = None
+
+    def names(self) -> Tuple[str, ...]:
+        """The design's kernels."""
+        return tuple(name for name in self if name is not None)
 
 
 # 'slot': rows of reflection-padded key slots (or, for dK/dV, of queries)
 # with static window masks; 'region': a tile's whole key (query) region
 # with reflection counted per logit.
 KERNEL_DESIGNS = {
-    'slot': KernelSet('slot_forward', 'slot_grad_query',
-                      'slot_grad_key_value'),
-    'region': KernelSet('forward', 'grad_query', 'grad_key_value'),
+    'slot':
+    KernelSet('slot_forward', 'slot_grad_query', 'slot_grad_key_value',
+              'slot_grad_key_value_edge'),
+    'region':
+    KernelSet('forward', 'grad_query', 'grad_key_value'),
 }
 # Names the design to run whatever the shape (benchmarks, tests); unset,
 # :func:`kernel_design` decides.
@@ -1711,7 +1878,7 @@ def available_designs() -> Tuple[str, ...]:
 def available_kernels() -> Tuple[str, ...]:
     """Names of the KERNELS of :func:`available_designs`."""
     return tuple(name for design in available_designs()
-                 for name in KERNEL_DESIGNS[design])
+                 for name in KERNEL_DESIGNS[design].names())
 
 
 def kernel_design(head_dim: int, stride: int) -> str:
@@ -1907,13 +2074,23 @@ def local_attention_backward(
         **common,
         **tiling.as_meta(),
         **extra_meta)
-    if need_grad_kv:
-        name = kernels.grad_key_value
-        tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
+    if not need_grad_kv:
+        return grad_q, grad_k, grad_v
+    name = kernels.grad_key_value
+    tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
+    launches = [(name, tiling.grid(height, width, maps), ())]
+    if kernels.edge_grad_key_value:
+        tiles = key_tiles(tiling, kernel_size, stride, height, width)
+        launches = [(name, tiles.grid(maps, False), tiles.kernel_args()),
+                    (kernels.edge_grad_key_value, tiles.grid(maps, True),
+                     tiles.kernel_args())]
+    for name, grid, tile_args in launches:
+        if not math.prod(grid):
+            continue
         _launch(
             name,
             q,
-            tiling.grid(height, width, maps),
+            grid,
             q,
             k,
             v,
@@ -1929,6 +2106,7 @@ def local_attention_backward(
             *_strides(grad_k),
             *_strides(grad_v),
             *sizes,
+            *tile_args,
             config=config,
             **common,
             **tiling.as_meta())

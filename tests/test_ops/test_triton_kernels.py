@@ -51,6 +51,8 @@ SHAPES = [
     # Tiles whose windows stay inside the map (no reflection) as well.
     (1, 1, 8, 24, 20, 3, 1),
     (1, 2, 16, 24, 22, 7, 2),
+    # Interior slot dK/dV tiles, edge tiles on all four sides.
+    (1, 1, 16, 22, 33, 7, 1),
 ]
 TINY_MAPS = [(1, 1), (1, 4), (2, 2), (3, 3), (4, 4), (2, 1)]
 HALF_SHAPES = [
@@ -169,7 +171,7 @@ def shared_tuning_configs():
     for design, head_dim in (('slot', 16), ('region', 32)):
         configs = [
             set(triton_kernels.KERNELS[name].tuning_configs(head_dim))
-            for name in triton_kernels.KERNEL_DESIGNS[design]
+            for name in triton_kernels.KERNEL_DESIGNS[design].names()
         ]
         cases += [(design, head_dim, config)
                   for config in sorted(set.intersection(*configs))]
@@ -197,8 +199,10 @@ def test_every_tuning_config_matches_reference(monkeypatch, design, head_dim,
     grads = triton_kernels.local_attention_backward(
         grad_out, q, k, v, out, lse, 7, 1, SCALE, config=config)
     last = triton_kernels.last_tuning_configs()
-    assert {last[name]
-            for name in triton_kernels.KERNEL_DESIGNS[design]} == {config}
+    assert {
+        last[name]
+        for name in triton_kernels.KERNEL_DESIGNS[design].names()
+    } == {config}
     expected_out, expected_grads = reference_and_grads(q, k, v, 7, 1, grad_out)
     assert_close(out, expected_out, torch.bfloat16, 'out')
     for name, grad, expected in zip('qkv', grads, expected_grads):
@@ -224,10 +228,64 @@ def test_each_kernel_design_matches_reference(monkeypatch, shape):
     batch, heads, head_dim, height, width, kernel_size, stride = shape
     design = other_kernel_design(head_dim, stride)
     monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, design)
+    monkeypatch.setattr(triton_kernels, '_LAST_CONFIGS', {})
     q, k, v = random_qkv(batch, heads, head_dim, height, width)
     check_against_reference(q, k, v, kernel_size, stride)
-    assert set(triton_kernels.last_tuning_configs()) >= set(
-        triton_kernels.KERNEL_DESIGNS[design])
+    assert set(triton_kernels.last_tuning_configs()) == launched_kernels(
+        design, shape)
+
+
+@pytest.mark.parametrize('kernel_size,stride,head_dim',
+                         [(7, 1, 16), (5, 2, 64), (3, 1, 32)])
+def test_interior_key_tiles_need_no_masks_or_reflection(
+        kernel_size, stride, head_dim):
+    """KeyTiles' interior rectangle is exactly the tiles whose keys are
+    more than pad from every edge and whose loaded queries are on the
+    map."""
+    pad = kernel_size // 2
+    tiling = triton_kernels.slot_key_tiling(kernel_size, stride, head_dim,
+                                            torch.float16)
+    extent = tiling.tile_h * tiling.tiles
+    query_rows = (extent - 1 + pad) // stride + pad // stride + 1
+
+    def interior(first, size, tile, queries):
+        out_size = -(-size // stride)
+        first_query = first // stride - pad // stride
+        return (first > pad and first + tile - 1 < size - 1 - pad
+                and first_query >= 0 and first_query + queries - 1 < out_size)
+
+    for height, width in [(200, 334), (23, 29), (21, 30), (9, 11), (40, 3)]:
+        tiles = triton_kernels.key_tiles(tiling, kernel_size, stride, height,
+                                         width)
+        expected = {
+            (col, row)
+            for col in range(tiles.cols)
+            for row in range(tiles.rows)
+            if interior(col *
+                        tiling.tile_w, width, tiling.tile_w, tiling.chunk_w)
+            and interior(row * extent, height, extent, query_rows)
+        }
+        found = {(tiles.first_col + col, tiles.first_row + row)
+                 for col in range(tiles.inner_cols)
+                 for row in range(tiles.inner_rows)}
+        assert found == expected, (height, width)
+        assert tiles.edges == tiles.cols * tiles.rows - len(expected)
+
+
+def launched_kernels(design, shape):
+    """The kernels of ``design`` that run at ``shape``: all but the slot
+    dK/dV of interior key tiles on maps without any."""
+    kernels = triton_kernels.KERNEL_DESIGNS[design]
+    names = set(kernels.names())
+    if kernels.edge_grad_key_value:
+        _, _, head_dim, height, width, kernel_size, stride = shape
+        tiling = triton_kernels.slot_key_tiling(kernel_size, stride, head_dim,
+                                                torch.float32)
+        tiles = triton_kernels.key_tiles(tiling, kernel_size, stride, height,
+                                         width)
+        if not tiles.inner_cols:
+            names.remove(kernels.grad_key_value)
+    return names
 
 
 @pytest.mark.parametrize('design', ['slot', 'region'])
@@ -280,7 +338,7 @@ def test_triton_2_runs_the_region_design(monkeypatch):
     monkeypatch.setattr(triton_kernels, '_TRITON_VERSION', (2, 1))
     assert triton_kernels.kernel_design(16, 1) == 'region'
     assert set(triton_kernels.available_kernels()) == set(
-        triton_kernels.KERNEL_DESIGNS['region'])
+        triton_kernels.KERNEL_DESIGNS['region'].names())
     monkeypatch.setenv(triton_kernels.KERNEL_DESIGN_ENV, 'slot')
     with pytest.raises(ValueError, match='slot: Triton >= 3.3'):
         triton_kernels.kernel_design(16, 1)

@@ -198,5 +198,9 @@ def test_quick_op_section_on_gpu(tmp_path):
         fused = rows['triton', shape.name]
         kernels = KERNEL_DESIGNS[kernel_design(shape.channels // script.HEADS,
                                                shape.stride)]
-        assert all(fused['kernel_ms'][k] > 0 for k in kernels), fused
-        assert all(fused['tuning_configs'][k] for k in kernels), fused
+        # The quick maps have no interior slot dK/dV tiles (KeyTiles).
+        launched = set(kernels.names()) - {
+            kernels.grad_key_value if kernels.edge_grad_key_value else None
+        }
+        assert all(fused['kernel_ms'][k] > 0 for k in launched), fused
+        assert all(fused['tuning_configs'][k] for k in launched), fused

@@ -216,6 +216,37 @@ def test_shape_record_scales_the_loop_by_its_trips(kernel_cost):
     assert unmatched['shape'] is None and unmatched['modelled_us'] is None
 
 
+def test_split_key_value_kernels_share_the_part(kernel_cost):
+    """The slot dK/dV of interior and of edge tiles: their programs cover
+    the key tiles once, their rooflines add up to the part's."""
+    shape = next(shape for shape in kernel_cost.BENCHMARK_SHAPES
+                 if shape.name == 'coco/stage1')
+    record = dict(
+        arch=90,
+        dtype='bfloat16',
+        head_dim=16,
+        stride=1,
+        kernel_size=7,
+        num_warps=1,
+        error=None,
+        total_instructions=2000,
+        loop_instructions=0,
+        total_classes=dict(mufu=40),
+        loop_classes=dict(mufu=0))
+    interior, edge = (
+        kernel_cost.shape_record(dict(record, kernel=name), shape)
+        for name in ('slot_grad_key_value', 'slot_grad_key_value_edge'))
+    # 200 x 334 keys in 4 x 8 tiles: 50 x 42, of which the first and last
+    # row and column are edge tiles; 2 batches x 4 heads.
+    assert (interior['programs'], edge['programs']) == (48 * 40 * 8, 180 * 8)
+    whole = kernel_cost.compulsory_bytes(
+        kernel_cost.PART_TRAFFIC['grad_key_value'], shape, 'bfloat16')
+    assert interior['compulsory_bytes'] + edge['compulsory_bytes'] == \
+        pytest.approx(whole)
+    assert edge['instructions_per_useful_logit'] == pytest.approx(
+        180 * 8 * 32 * 2000 / (2 * 4 * 200 * 334 * 49))
+
+
 def test_measured_times_from_a_benchmark(kernel_cost):
     device, times = kernel_cost.load_measured(str(MEASURED))
     assert kernel_cost.measured_arch(device) == 90

@@ -141,6 +141,7 @@ FUSED_KERNELS = {
     'slot_grad_query': '_slot_grad_query_kernel',
     'grad_key_value': '_grad_key_value_kernel',
     'slot_grad_key_value': '_slot_grad_key_value_kernel',
+    'slot_grad_key_value_edge': '_slot_grad_key_value_edge_kernel',
 }
 PROFILE_ITERATIONS = 5
 # Called with each finished row of a section.

@@ -14,7 +14,9 @@ modelled time is the largest of
 
 - issue: thread-instructions / (SMs * 4 schedulers * 32 lanes * clock),
 - MUFU: MUFU thread-instructions / (SMs * 16 per clock * clock),
-- DRAM: compulsory bytes (each tensor moved once) / peak HBM bandwidth,
+- DRAM: compulsory bytes (each tensor moved once; a kernel that does part
+  of the work, the slot dK/dV of interior or of edge tiles, its share) /
+  peak HBM bandwidth,
 
 a lower bound: no latency, no wave quantisation, no occupancy effect. The
 DRAM term alone is the roofline. Occupancy (blocks per SM from registers,
@@ -151,10 +153,12 @@ PART_TRAFFIC = {
         2, 4, 2, 'reads q at the queries, k, v, grad_out, lse, delta; '
         'writes dk, dv'),
 }
+# A split part's kernels share its traffic (LaunchPlan.share).
+PART_TRAFFIC['edge_grad_key_value'] = PART_TRAFFIC['grad_key_value']
 KERNEL_TRAFFIC = {
     name: PART_TRAFFIC[part]
     for design in KERNEL_DESIGNS.values()
-    for part, name in design._asdict().items()
+    for part, name in design._asdict().items() if name is not None
 }
 OP_TRAFFIC = {
     'forward':
@@ -433,8 +437,8 @@ def shape_record(record: dict, shape: Optional[OpShape]) -> dict:
     result.update(programs=plan.programs, loop_trips=plan.loop_trips)
     traffic_bytes = None
     if record['kernel'] in KERNEL_TRAFFIC:
-        traffic_bytes = compulsory_bytes(KERNEL_TRAFFIC[record['kernel']],
-                                         shape, record['dtype'])
+        traffic_bytes = plan.share * compulsory_bytes(
+            KERNEL_TRAFFIC[record['kernel']], shape, record['dtype'])
         result.update(
             compulsory_bytes=traffic_bytes,
             roofline_us=traffic_bytes / gpu.hbm_bytes_per_s * 1e6)
@@ -710,8 +714,9 @@ def print_assumptions(archs: Sequence[int], dtypes: Sequence[str]) -> None:
           '(static SASS counts, NOPs left out; the hot loop: from a '
           'backward branch to its target, the largest where there are '
           'several; none: unrolled, all in the total), each issued by '
-          '32 * num_warps threads; likewise the '
-          'MUFU instructions. Useful logits: queries * kernel_size^2.')
+          '32 * num_warps threads; likewise the MUFU instructions. Useful '
+          'logits: queries * kernel_size^2 of the op (the figures of the '
+          'slot dK/dV of interior and of edge tiles add up).')
     print('- Time: max(issue, MUFU, DRAM); no latency, waves or occupancy '
           'effect. DRAM = roofline = compulsory bytes / peak bandwidth.')
     print(f'- Compulsory bytes, each tensor moved once: D head dim, '
@@ -759,7 +764,7 @@ TABLE_COLUMNS = (
     ('meas us', 'measured_us', 8, '.1f'),
     ('meas/model', 'measured_over_modelled', 11, '.2f'),
 )
-TABLE_HEADER = (f'{"kernel":<20}{"dtype":<6}{"D":>4}{"s":>2}{"W,S":>5} '
+TABLE_HEADER = (f'{"kernel":<25}{"dtype":<6}{"D":>4}{"s":>2}{"W,S":>5} '
                 f'{"shape":<15}' +
                 ''.join(f'{header:>{width}}'
                         for header, _, width, _ in TABLE_COLUMNS))
@@ -767,7 +772,7 @@ TABLE_HEADER = (f'{"kernel":<20}{"dtype":<6}{"D":>4}{"s":>2}{"W,S":>5} '
 
 def format_record(record: dict) -> str:
     """One row of the table."""
-    head = (f'{record["kernel"]:<20}{DTYPE_NAMES[record["dtype"]]:<6}'
+    head = (f'{record["kernel"]:<25}{DTYPE_NAMES[record["dtype"]]:<6}'
             f'{record["head_dim"]:>4}{record["stride"]:>2}'
             f'{record["num_warps"]:>3},{record["num_stages"]} '
             f'{dash_if_none(record["shape"]):<15}')
