@@ -988,18 +988,17 @@ def _key_row_bias(col_bias, first_offset, key_row, KERNEL_SIZE: tl.constexpr,
 
 
 @triton.jit
-def _key_row_weights(col_hits, query_y, key_y, height,
+def _key_row_weights(col_hits, col_bias, query_y, key_y, height,
                      KERNEL_SIZE: tl.constexpr, SMALL_MAP: tl.constexpr):
-    """Window multiplicities [N, CHUNK_W] of an edge key tile (rows
-    ``key_y`` [N]) against a row of queries at input row ``query_y``:
-    row hits times the column hits ``col_hits`` [N, CHUNK_W] (reflection
-    counted, :func:`_add_axis_hits`), and the additive mask of the pairs
-    with none."""
+    """Additive mask and window multiplicities [N, CHUNK_W] of an edge key
+    tile (rows ``key_y`` [N]) against a row of queries at input row
+    ``query_y``, from the tile's column hits (float32) and column mask
+    [N, CHUNK_W]: reflection counted (:func:`_add_axis_hits`)."""
     row_hits = _add_axis_hits(
         tl.zeros_like(key_y), query_y, key_y, height, 1, KERNEL_SIZE,
         SMALL_MAP)
-    weights = (row_hits[:, None] * col_hits).to(tl.float32)
-    return tl.where(weights > 0, 0.0, _MASKED_LOGIT), weights
+    bias = col_bias + tl.where(row_hits > 0, 0.0, _MASKED_LOGIT)[:, None]
+    return bias, row_hits.to(tl.float32)[:, None] * col_hits
 
 
 @triton.jit
@@ -1014,8 +1013,8 @@ def _key_tile_step(k, v, q, grad_out, lse_log2, delta, grad_k, grad_v,
     (:func:`_key_row_weights`), else under the static window mask
     (:func:`_key_row_bias`)."""
     if EDGE:
-        bias, weights = _key_row_weights(col_hits, query_y, key_y, height,
-                                         KERNEL_SIZE, SMALL_MAP)
+        bias, weights = _key_row_weights(col_hits, col_bias, query_y, key_y,
+                                         height, KERNEL_SIZE, SMALL_MAP)
     else:
         bias = _key_row_bias(col_bias, first_offset, key_row, KERNEL_SIZE,
                              TILE_H)
@@ -1122,10 +1121,11 @@ def _slot_key_value_grads(
 
     col_hits = None
     if EDGE:
-        col_hits = _add_axis_hits(
-            tl.zeros([TILE_H * TILE_W, CHUNK_W],
-                     tl.int32), STRIDE * out_col[None, :], key_x[:, None],
-            width, 1, KERNEL_SIZE, SMALL_MAP)
+        hits = tl.zeros([TILE_H * TILE_W, CHUNK_W], tl.int32)
+        hits = _add_axis_hits(hits, STRIDE * out_col[None, :], key_x[:, None],
+                              width, 1, KERNEL_SIZE, SMALL_MAP)
+        col_bias = tl.where(hits > 0, 0.0, _MASKED_LOGIT)
+        col_hits = hits.to(tl.float32)
 
     for row in tl.static_range((TILES * TILE_H - 1 + pad) // STRIDE +
                                pad // STRIDE + 1):
