@@ -1545,8 +1545,7 @@ def _slot_configs(head_dim: int) -> TuningConfigs:
 
 def _slot_key_configs(head_dim: int) -> TuningConfigs:
     """Slot dK/dV, which also keeps k, v, dK and dV of its keys: 1 or 2
-    warps up to 16 channels, 2 up to 32, 4 or 8 up to 64, 8 above (which
-    still spills 8 bytes at stride 1 with 128 channels)."""
+    warps up to 16 channels, 2 up to 32, 4 or 8 up to 64, 8 above."""
     if head_dim <= 16:
         return _configs((1, 2))
     if head_dim <= 32:

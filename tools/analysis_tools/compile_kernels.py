@@ -381,7 +381,7 @@ def main() -> None:
         print(f'Triton {triton.__version__} runs float32 dots on the FMA '
               f'units: no tensor cores for float32')
     rows: List[dict] = []
-    print(f'{"kernel":<20}{"dtype":<9}{"D":>4}{"k":>3}{"s":>3}{"small":>6}'
+    print(f'{"kernel":<25}{"dtype":<9}{"D":>4}{"k":>3}{"s":>3}{"small":>6}'
           f'{"warps":>6}{"stages":>7}{"shared KB":>10}{"regs":>6}'
           f'{"stack":>6}{"tensor cores":>13}')
     variants = (
@@ -420,7 +420,7 @@ def dash_if_none(value: Optional[int]) -> str:
 
 
 def format_row(row: dict, shared_limit: int) -> str:
-    head = (f'{row["kernel"]:<20}{row["dtype"]:<9}{row["head_dim"]:>4}'
+    head = (f'{row["kernel"]:<25}{row["dtype"]:<9}{row["head_dim"]:>4}'
             f'{row["kernel_size"]:>3}{row["stride"]:>3}'
             f'{"yes" if row["small_map"] else "no":>6}{row["num_warps"]:>6}'
             f'{row["num_stages"]:>7}')
