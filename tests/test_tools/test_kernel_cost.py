@@ -182,22 +182,32 @@ def test_matching_shapes(kernel_cost):
     assert names(16, 1, kernel_size=5) == []
 
 
-def test_shape_record_scales_the_loop_by_its_trips(kernel_cost):
-    shapes = {shape.name: shape for shape in kernel_cost.BENCHMARK_SHAPES}
-    record = dict(
-        kernel='forward',
+def toy_record(kernel, num_warps, loop_instructions, loop_mufu):
+    """A compiled variant's record (bf16, head dim 16, stride 1, sm_90) of
+    2000 instructions, 40 of them MUFU."""
+    return dict(
+        kernel=kernel,
         arch=90,
         dtype='bfloat16',
         head_dim=16,
         stride=1,
         kernel_size=7,
-        num_warps=4,
+        num_warps=num_warps,
         error=None,
         total_instructions=2000,
-        loop_instructions=1500,
+        loop_instructions=loop_instructions,
         total_classes=dict(mufu=40),
-        loop_classes=dict(mufu=32))
-    result = kernel_cost.shape_record(record, shapes['coco/stage1'])
+        loop_classes=dict(mufu=loop_mufu))
+
+
+def coco_stage1(kernel_cost):
+    return next(shape for shape in kernel_cost.BENCHMARK_SHAPES
+                if shape.name == 'coco/stage1')
+
+
+def test_shape_record_scales_the_loop_by_its_trips(kernel_cost):
+    record = toy_record('forward', 4, 1500, 32)
+    result = kernel_cost.shape_record(record, coco_stage1(kernel_cost))
     trips = result['loop_trips']
     per_program = 500 + 1500 * trips
     assert trips >= 1
@@ -219,22 +229,9 @@ def test_shape_record_scales_the_loop_by_its_trips(kernel_cost):
 def test_split_key_value_kernels_share_the_part(kernel_cost):
     """The slot dK/dV of interior and of edge tiles: their programs cover
     the key tiles once, their rooflines add up to the part's."""
-    shape = next(shape for shape in kernel_cost.BENCHMARK_SHAPES
-                 if shape.name == 'coco/stage1')
-    record = dict(
-        arch=90,
-        dtype='bfloat16',
-        head_dim=16,
-        stride=1,
-        kernel_size=7,
-        num_warps=1,
-        error=None,
-        total_instructions=2000,
-        loop_instructions=0,
-        total_classes=dict(mufu=40),
-        loop_classes=dict(mufu=0))
+    shape = coco_stage1(kernel_cost)
     interior, edge = (
-        kernel_cost.shape_record(dict(record, kernel=name), shape)
+        kernel_cost.shape_record(toy_record(name, 1, 0, 0), shape)
         for name in ('slot_grad_key_value', 'slot_grad_key_value_edge'))
     # 200 x 334 keys in 4 x 8 tiles: 50 x 42, of which the first and last
     # row and column are edge tiles; 2 batches x 4 heads.
