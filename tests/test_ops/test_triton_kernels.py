@@ -61,6 +61,7 @@ HALF_SHAPES = [
     (2, 1, 8, 3, 3, 7, 1),
     (2, 1, 64, 13, 11, 7, 2),
     (1, 1, 128, 10, 9, 7, 1),
+    (1, 1, 16, 22, 33, 7, 1),
 ]
 LARGE_SHAPES = [
     # ACmix-ResNet-50 stage 1 at COCO 800x1333 (batch 2) and ImageNet 224
@@ -219,7 +220,7 @@ def other_kernel_design(head_dim, stride):
 @pytest.mark.parametrize(
     'shape',
     SHAPES + [(2, 1, 8, 3, 2, 7, 1), (1, 1, 16, 1, 4, 5, 2),
-              (1, 1, 8, 21, 30, 7, 1)],
+              (1, 1, 8, 21, 30, 7, 1), (1, 1, 16, 24, 56, 7, 2)],
     ids=str)
 def test_each_kernel_design_matches_reference(monkeypatch, shape):
     """The kernels of the design not chosen for the shape (the other tests
