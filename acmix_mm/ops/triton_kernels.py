@@ -926,13 +926,8 @@ def _query_row_inputs(q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col,
     queries ``out_col`` of output row ``out_row``: zeros off the map, where
     a query's terms of dK and dV vanish (dO = 0, q = 0). ON_MAP: all
     queries are on the map (no masks)."""
-    valid = None
-    if not ON_MAP:
-        # A vector: a scalar condition in a mask fails in the interpreter.
-        rows = tl.zeros_like(out_col) + out_row
-        valid = ((out_col >= 0) & (out_col < out_width) & (rows >= 0) &
-                 (rows < out_height))
     if ON_MAP:
+        valid = None
         # The row on the pointers: a scalar add, not one per element (which
         # the edge kernel, short of registers, keeps: it spills without).
         q_ptr += STRIDE * out_row * stride_qy
@@ -940,6 +935,10 @@ def _query_row_inputs(q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col,
         q_offsets = STRIDE * out_col * stride_qx
         g_offsets = out_col * stride_gx
     else:
+        # A vector: a scalar condition in a mask fails in the interpreter.
+        rows = tl.zeros_like(out_col) + out_row
+        valid = ((out_col >= 0) & (out_col < out_width) & (rows >= 0) &
+                 (rows < out_height))
         q_offsets = STRIDE * (out_row * stride_qy + out_col * stride_qx)
         g_offsets = out_row * stride_gy + out_col * stride_gx
     q = _load_pixels(q_ptr, q_offsets, valid, stride_qd, HEAD_DIM, BLOCK_D,
@@ -1024,15 +1023,12 @@ def _key_tile_step(k, v, q, grad_out, lse_log2, delta, grad_k, grad_v,
 
 
 @triton.jit
-def _store_key_tile(dk_ptr, dv_ptr, grad_k, grad_v, key_y, key_x, height,
-                    width, scale, stride_dkd, stride_dky, stride_dkx,
-                    stride_dvd, stride_dvy, stride_dvx, HEAD_DIM: tl.constexpr,
-                    BLOCK_D: tl.constexpr, EDGE: tl.constexpr):
-    """Store dK (grad_k times the scale) and dV of a key tile (masked to
-    the map at EDGE tiles)."""
-    key_valid = None
-    if EDGE:
-        key_valid = (key_y < height) & (key_x < width)
+def _store_key_tile(dk_ptr, dv_ptr, grad_k, grad_v, key_y, key_x, key_valid,
+                    scale, stride_dkd, stride_dky, stride_dkx, stride_dvd,
+                    stride_dvy, stride_dvx, HEAD_DIM: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """Store dK (grad_k times the scale) and dV of a key tile, its keys on
+    the map where ``key_valid`` (None: all)."""
     _store_channel_major(dk_ptr, grad_k * scale, stride_dkd,
                          key_y * stride_dky + key_x * stride_dkx, key_valid,
                          HEAD_DIM, BLOCK_D)
@@ -1149,15 +1145,13 @@ def _slot_key_value_grads(
                     key_y1, STRIDE * out_row, height, KERNEL_SIZE, SMALL_MAP,
                     TILE_H, EDGE)
 
-    _store_key_tile(dk_ptr, dv_ptr, grad_k0, grad_v0, key_y0, key_x, height,
-                    width, scale, stride_dkd, stride_dky, stride_dkx,
-                    stride_dvd, stride_dvy, stride_dvx, HEAD_DIM, BLOCK_D,
-                    EDGE)
+    _store_key_tile(dk_ptr, dv_ptr, grad_k0, grad_v0, key_y0, key_x, valid0,
+                    scale, stride_dkd, stride_dky, stride_dkx, stride_dvd,
+                    stride_dvy, stride_dvx, HEAD_DIM, BLOCK_D)
     if TILES == 2:
         _store_key_tile(dk_ptr, dv_ptr, grad_k1, grad_v1, key_y1, key_x,
-                        height, width, scale, stride_dkd, stride_dky,
-                        stride_dkx, stride_dvd, stride_dvy, stride_dvx,
-                        HEAD_DIM, BLOCK_D, EDGE)
+                        valid1, scale, stride_dkd, stride_dky, stride_dkx,
+                        stride_dvd, stride_dvy, stride_dvx, HEAD_DIM, BLOCK_D)
 
 
 @triton.jit
