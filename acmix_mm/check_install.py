@@ -251,6 +251,12 @@ def check_openmmlab() -> List[Check]:
 def check_mmcv_cuda_ops() -> Check:
     """mmcv's compiled ops run on the GPU (Mask R-CNN needs them)."""
     name = "mmcv's ops on the GPU (nms)"
+    rebuild = ('rebuild mmcv with FORCE_CUDA=1 MMCV_WITH_OPS=1 (see the '
+               'README) or install its prebuilt CUDA wheel')
+    note = mmcv_ops_note()
+    if 'with CUDA' not in note:
+        # CUDA tensors handed to CPU-only ops crash the process.
+        return Check('FAIL', name, f'mmcv has {note}; {rebuild}')
     try:
         from mmcv.ops import nms
         boxes = torch.tensor(
@@ -258,10 +264,8 @@ def check_mmcv_cuda_ops() -> Check:
             device='cuda')
         _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7], device='cuda'), 0.5)
     except Exception as error:
-        return Check(
-            'FAIL', name, f'{type(error).__name__}: {error}; '
-            'rebuild mmcv with FORCE_CUDA=1 MMCV_WITH_OPS=1 (see '
-            'the README) or install its prebuilt CUDA wheel')
+        return Check('FAIL', name,
+                     f'{type(error).__name__}: {error}; {rebuild}')
     ok = keep.tolist() == [0, 2]
     return Check('PASS' if ok else 'FAIL', name,
                  '' if ok else f'kept {keep.tolist()}, expected [0, 2]')

@@ -479,17 +479,28 @@ def _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE: tl.constexpr,
 
 
 @triton.jit
-def _attend_slot_row(q, k, v, bias, row_max, weight_sums, acc, scale_log2):
+def _attend_slot_row(q, k, v, bias, row_max, weight_sums, acc, scale_log2,
+                     MASKED_ROWS: tl.constexpr):
     """One online-softmax step of queries q [N, BLOCK_D] over a row of key
     slots k, v [CHUNK_W, BLOCK_D] with the additive mask ``bias``.
 
     Logits and row_max are unscaled (q . k); exp2 takes them times
     scale * log2(e). Weight sums stay per slot [N, CHUNK_W] until the end.
+    MASKED_ROWS: some query has seen only masked logits so far, so its
+    new_max is a masked logit (about -1e30). The compiler contracts
+    logits * scale_log2 - new_max * scale_log2 into one FMA, which leaves
+    the rounding error of the product, about 1e22, in the exponent (2 ** 1e22
+    is inf, then inf * 0 = NaN); there the difference is taken first, exact
+    between two masked logits. Elsewhere new_max is a real logit and the
+    FMA exact enough.
     """
     logits = _matmul_add(q, tl.trans(k), bias)
     new_max = tl.maximum(row_max, tl.max(logits, axis=1))
     rescale = _exp2((row_max - new_max) * scale_log2)
-    weights = _exp2(logits * scale_log2 - (new_max * scale_log2)[:, None])
+    if MASKED_ROWS:
+        weights = _exp2((logits - new_max[:, None]) * scale_log2)
+    else:
+        weights = _exp2(logits * scale_log2 - (new_max * scale_log2)[:, None])
     weight_sums = weight_sums * rescale[:, None] + weights
     acc = _matmul_add(weights.to(v.dtype), v, acc * rescale[:, None])
     return new_max, weight_sums, acc
@@ -589,18 +600,21 @@ def _slot_forward_kernel(
                               stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE,
                               STRIDE, SMALL_MAP, BLOCK_D, K_VECTOR > 1,
                               V_VECTOR > 1)
+        # Query row r of a tile first meets a key slot row at STRIDE * r.
         if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
             max0, sums0, acc0 = _attend_slot_row(
                 q0, k, v,
                 _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE,
-                               STRIDE, TILE_H), max0, sums0, acc0, scale_log2)
+                               STRIDE, TILE_H), max0, sums0, acc0, scale_log2,
+                slot_row < STRIDE * (TILE_H - 1))
         if TILES == 2:
             if slot_row >= STRIDE * TILE_H:
                 max1, sums1, acc1 = _attend_slot_row(
                     q1, k, v,
                     _slot_row_bias(col_bias, slot_row - STRIDE * TILE_H,
                                    query_row, KERNEL_SIZE, STRIDE, TILE_H),
-                    max1, sums1, acc1, scale_log2)
+                    max1, sums1, acc1, scale_log2, slot_row
+                    < STRIDE * (2 * TILE_H - 1))
 
     _store_slot_tile(out_ptr, lse_ptr, acc0, sums0, max0, out_row0, out_col,
                      batch_head, out_height, out_width, scale, stride_od,
