@@ -19,7 +19,7 @@ import importlib
 import importlib.util
 import platform
 import sys
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -271,15 +271,14 @@ def check_mmcv_cuda_ops() -> Check:
                  '' if ok else f'kept {keep.tolist()}, expected [0, 2]')
 
 
-def run_checks(ops_only: bool) -> List[Check]:
-    checks = [check_reference()]
-    checks += [
-        check_triton(dtype, stride)
-        for dtype in (torch.float32, torch.bfloat16) for stride in (1, 2)
-    ]
+def run_checks(ops_only: bool) -> Iterator[Check]:
+    """The checks, each run when the report reaches it."""
+    yield check_reference()
+    for dtype in (torch.float32, torch.bfloat16):
+        for stride in (1, 2):
+            yield check_triton(dtype, stride)
     if not ops_only:
-        checks += check_openmmlab()
-    return checks
+        yield from check_openmmlab()
 
 
 def print_table(title: str, rows: List[Tuple[str, str]]) -> None:
@@ -300,11 +299,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     print_table('Environment', environment_lines())
     print_table('Attention backends (attn_impl)', backend_lines())
-    checks = run_checks(args.ops_only)
-    print('\nChecks')
-    for check in checks:
+    print(
+        '\nChecks (on a GPU the first run compiles the fused kernels, '
+        'which takes minutes)',
+        flush=True)
+    checks = []
+    for check in run_checks(args.ops_only):
         detail = f': {check.detail}' if check.detail else ''
-        print(f'  {check.status:<5} {check.name}{detail}')
+        print(f'  {check.status:<5} {check.name}{detail}', flush=True)
+        checks.append(check)
     failed = sum(check.status == 'FAIL' for check in checks)
     skipped = sum(check.status == 'SKIP' for check in checks)
     passed = len(checks) - failed - skipped

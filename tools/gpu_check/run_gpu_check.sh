@@ -11,7 +11,8 @@
 #      the source tarball of WHEEL_DIR in the background: CPU-only ops and
 #      CUDA ops for this GPU's compute capability only, at the same time;
 #   3. runs the checks, each time-boxed with `timeout`, most important first:
-#      `python -m acmix_mm.check_install --ops-only`; the fused op's tests
+#      `python -m acmix_mm.check_install --ops-only` (pinned: with
+#      autotuning its first run compiles for minutes); the fused op's tests
 #      (tests/test_ops/test_triton_kernels.py) with ACMIX_TUNING_CONFIG=4,2,
 #      so that each kernel variant compiles once; `benchmark_acmix.py
 #      --sections op` (here if mmcv is still building); once mmcv.ops imports:
@@ -486,8 +487,8 @@ run_bench() {
     ${extra_bench_args[@]+"${extra_bench_args[@]}"}
 }
 
-run_step "check_install --ops-only" "$install_log" 120 "" -- \
-  "$python" -m acmix_mm.check_install --ops-only
+run_step "check_install --ops-only (pinned 4,2)" "$install_log" 150 "" -- \
+  env ACMIX_TUNING_CONFIG=4,2 "$python" -m acmix_mm.check_install --ops-only
 run_pytest "tests: fused op (pinned 4,2)" 240 1 tests/test_ops/test_triton_kernels.py
 
 op_bench_done=0
@@ -500,11 +501,11 @@ fi
 mmcv_any=0
 if wait_for_mmcv any; then
   mmcv_any=1
-  run_step "check_install (full)" "$install_log" 120 "" -- \
-    "$python" -m acmix_mm.check_install
+  run_step "check_install (full, pinned 4,2)" "$install_log" 120 "" -- \
+    env ACMIX_TUNING_CONFIG=4,2 "$python" -m acmix_mm.check_install
   run_pytest "tests: fused layers (pinned 4,2)" 240 1 tests/test_models/test_fused_layers.py
 else
-  for step in "check_install (full)" "tests: fused layers (pinned 4,2)"; do
+  for step in "check_install (full, pinned 4,2)" "tests: fused layers (pinned 4,2)"; do
     record "$step" SKIPPED 0 "needs mmcv.ops, but $mmcv_note"
   done
 fi
