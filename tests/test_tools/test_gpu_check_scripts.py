@@ -316,3 +316,15 @@ def test_roots_cover_the_project_dependencies():
         name = re.split(r'[<>=!~ ;\[]', requirement, 1)[0].lower()
         if name not in ('torch', 'triton'):
             assert name.replace('_', '-') in roots, requirement
+
+
+def test_profile_layer_needs_a_gpu():
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / 'profile_layer.py')],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ, 'CUDA_VISIBLE_DEVICES': ''
+        })
+    assert result.returncode == 2
+    assert 'needs a CUDA GPU' in result.stderr

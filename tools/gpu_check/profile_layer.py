@@ -2,8 +2,10 @@
 COCO shapes with fixed launch configs (no autotuning, so each kernel runs
 once): the program to run under ncu or compute-sanitizer.
 
-    ncu --clock-control none --metrics ... python tools/gpu_check/profile_layer.py
-    compute-sanitizer --tool memcheck python tools/gpu_check/profile_layer.py
+    ncu --clock-control none --metrics ... \
+        python tools/gpu_check/profile_layer.py
+    compute-sanitizer --tool memcheck \
+        python tools/gpu_check/profile_layer.py --shapes coco/stage1
 """
 import argparse
 import sys
@@ -25,20 +27,42 @@ HEADS, KERNEL = 4, 7
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--shapes', nargs='+', default=list(SHAPES))
-    parser.add_argument('--dtype', default='bfloat16')
+    parser.add_argument(
+        '--shapes', nargs='+', choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument(
+        '--dtype',
+        choices=['bfloat16', 'float16', 'float32'],
+        default='bfloat16')
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error('needs a CUDA GPU (the kernels run once each, to be '
+                     'profiled)')
     dtype = getattr(torch, args.dtype)
     for name in args.shapes:
         batch, channels, height, width, stride, fwd, bwd = SHAPES[name]
         head_dim = channels // HEADS
-        q, k, v = torch.randn(3, batch, HEADS, head_dim, height, width,
-                              device='cuda', dtype=dtype).unbind(0)
+        q, k, v = torch.randn(
+            3,
+            batch,
+            HEADS,
+            head_dim,
+            height,
+            width,
+            device='cuda',
+            dtype=dtype).unbind(0)
         scale = head_dim**-0.5
         out, lse = triton_kernels.local_attention_forward(
             q, k, v, KERNEL, stride, scale, config=fwd)
         grads = triton_kernels.local_attention_backward(
-            torch.randn_like(out), q, k, v, out, lse, KERNEL, stride, scale,
+            torch.randn_like(out),
+            q,
+            k,
+            v,
+            out,
+            lse,
+            KERNEL,
+            stride,
+            scale,
             config=bwd)
         torch.cuda.synchronize()
         finite = all(torch.isfinite(t).all().item() for t in (out, *grads))
