@@ -328,3 +328,46 @@ def test_profile_layer_needs_a_gpu():
         })
     assert result.returncode == 2
     assert 'needs a CUDA GPU' in result.stderr
+
+
+def ncu_rows(index, kernel, metrics):
+    """ncu --csv rows of one kernel launch."""
+    return [
+        f'"{index}","1","python3","host","{kernel}","1","7","(32, 1, 1)",'
+        f'"(8, 1, 1)","0","9.0","Command line profiler metrics","{name}","",'
+        f'"{value}"' for name, value in metrics.items()
+    ]
+
+
+def test_profile_layer_tabulates_ncu_counters():
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import profile_layer
+    finally:
+        sys.path.remove(str(TOOLS))
+    header = ('"ID","Process ID","Process Name","Host Name","Kernel Name",'
+              '"Context","Stream","Block Size","Grid Size","Device","CC",'
+              '"Section Name","Metric Name","Metric Unit","Metric Value"')
+    metrics = dict.fromkeys(profile_layer.METRICS, '1')
+    first = dict(
+        metrics, **{
+            'gpu__time_duration.sum': '147,264',
+            'smsp__inst_executed.sum': '4,000'
+        })
+    report = '\n'.join([
+        '==PROF== Connected to process 1',
+        f'{profile_layer.TAG} coco/stage1 1000 slot_forward,slot_grad_query',
+        '==PROF== Disconnected from process 1', header,
+        *ncu_rows(0, '_slot_forward_kernel', first),
+        *ncu_rows(1, '_slot_grad_query_kernel', metrics)
+    ])
+    table = profile_layer.counters_table(report)
+    assert table[1].startswith(
+        'coco/stage1 _slot_forward_kernel 147.3 | 128.0')
+    assert table[2].startswith('coco/stage1 _slot_grad_query_kernel 0.0 | 0.0')
+    with pytest.raises(
+            SystemExit, match='reported 2 kernels, the run '
+            'launched 3'):
+        profile_layer.counters_table(
+            report.replace('slot_grad_query\n',
+                           'slot_grad_query,slot_grad_key_value\n'))

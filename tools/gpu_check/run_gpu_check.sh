@@ -15,7 +15,9 @@
 #      autotuning its first run compiles for minutes); the fused op's tests
 #      (tests/test_ops/test_triton_kernels.py) with ACMIX_TUNING_CONFIG=4,2,
 #      so that each kernel variant compiles once; `benchmark_acmix.py
-#      --sections op` (here if mmcv is still building); once mmcv.ops imports:
+#      --sections op` (here if mmcv is still building); the kernels'
+#      Nsight Compute counters and compute-sanitizer's memcheck of one
+#      layer (profile_layer.py, into benchmark.log); once mmcv.ops imports:
 #      the full check_install and tests/test_models/test_fused_layers.py (pinned), then
 #      `--sections backbone`; a short unpinned run of the autotuning tests;
 #      once mmcv's CUDA ops are installed and run RoIAlign and NMS on the GPU:
@@ -42,8 +44,9 @@
 #                         CUDA tests skip; Triton runs in its interpreter)
 #   --bench-args "ARGS"   more arguments for each benchmark run, e.g.
 #                         "--repeats 10 --shapes coco"
-#   --pytest-workers N    pytest-xdist workers (default: half the cores, at
-#                         most 8; 0 runs without xdist)
+#   --pytest-workers N    pytest-xdist workers (default: the cores less 2,
+#                         at most 14: the tests mostly compile kernels, which
+#                         keeps a core busy each; 0 runs without xdist)
 #   --save-mmcv-wheel DIR copy the mmcv wheel built with CUDA ops into DIR;
 #                         put it in WHEEL_DIR next time to skip the build
 #   -h, --help            this text
@@ -310,8 +313,8 @@ if "$python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/
 fi
 cores="$(nproc 2>/dev/null || echo 2)"
 if [ -z "$workers" ]; then
-  workers=$(( cores / 2 ))
-  [ "$workers" -le 8 ] || workers=8
+  workers=$(( cores > 3 ? cores - 2 : 1 ))
+  [ "$workers" -le 14 ] || workers=14
 fi
 pytest_workers="$workers"
 if [ "$pytest_workers" -gt 1 ] && ! "$python" -c 'import xdist' 2>/dev/null; then
@@ -491,11 +494,24 @@ run_step "check_install --ops-only (pinned 4,2)" "$install_log" 150 "" -- \
   env ACMIX_TUNING_CONFIG=4,2 "$python" -m acmix_mm.check_install --ops-only
 run_pytest "tests: fused op (pinned 4,2)" 240 1 tests/test_ops/test_triton_kernels.py
 
+# run_profile MODE: profile_layer.py --MODE (counters: ncu, memcheck:
+# compute-sanitizer) into benchmark.log.
+run_profile() {
+  if [ "$gpu" = 0 ]; then
+    record "profile_layer.py --$1" SKIPPED 0 "no CUDA GPU"
+    return 0
+  fi
+  run_step "profile_layer.py --$1" "$out_dir/benchmark.log" 120 "" -- \
+    "$python" tools/gpu_check/profile_layer.py "--$1"
+}
+
 op_bench_done=0
 collect_build
 if ! mmcv_has any && build_running; then
   run_bench op 240
   op_bench_done=1
+  run_profile counters
+  run_profile memcheck
 fi
 
 mmcv_any=0
@@ -509,7 +525,11 @@ else
     record "$step" SKIPPED 0 "needs mmcv.ops, but $mmcv_note"
   done
 fi
-[ "$op_bench_done" = 1 ] || run_bench op 240
+if [ "$op_bench_done" = 0 ]; then
+  run_bench op 240
+  run_profile counters
+  run_profile memcheck
+fi
 if [ "$mmcv_any" = 1 ]; then
   run_bench backbone 180
 else
