@@ -1634,15 +1634,16 @@ def _compilable(configs: list, *args, **kwargs) -> list:
 
 def _autotuned(spec: KernelSpec, head_dim: int):
     """``spec.kernel`` autotuned over its tuning configs for ``head_dim`` on
-    GPUs, keyed by (head dim, kernel size, stride, its extra constexprs) and
-    the dtypes; the interpreter runs the kernel as is."""
+    GPUs, keyed by what selects its compiled variant: head dim, kernel
+    size, stride, whether the map is smaller than the window, its extra
+    constexprs, and the dtypes; the interpreter runs the kernel as is."""
     if interpreter_active():
         return spec.kernel
     configs = [
         triton.Config({}, num_warps=warps, num_stages=stages)
         for warps, stages in spec.tuning_configs(head_dim)
     ]
-    key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', *spec.extra_meta]
+    key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', 'SMALL_MAP', *spec.extra_meta]
     return triton.autotune(
         configs, key=key, prune_configs_by={'early_config_prune':
                                             _compilable})(

@@ -169,7 +169,7 @@ def shared_tuning_configs():
     """(design, head_dim, config): each config that all kernels of a design
     autotune over at head_dim."""
     cases = []
-    for design, head_dim in (('slot', 16), ('region', 32)):
+    for design, head_dim in (('slot', 16), ('slot', 32), ('region', 32)):
         configs = [
             set(triton_kernels.KERNELS[name].tuning_configs(head_dim))
             for name in triton_kernels.KERNEL_DESIGNS[design].names()
