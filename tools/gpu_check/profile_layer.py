@@ -22,16 +22,19 @@ from typing import Dict, List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / 'tools' / 'analysis_tools')]
+from benchmark_acmix import COCO_SHAPES, HEADS, KERNEL  # noqa: E402
+
 from acmix_mm.ops import triton_kernels  # noqa: E402
 
-# name: (batch, channels, height, width, stride, forward and backward
-# (num_warps, num_stages), as the autotuner picked them on an H100).
-SHAPES = {
-    'coco/stage1': (2, 64, 200, 334, 1, (1, 2), (1, 1)),
-    'coco/stage4': (2, 512, 25, 42, 1, (4, 2), (8, 1)),
+# Benchmark shape: the forward's and the backward's (num_warps, num_stages),
+# as the autotuner picked them on an H100.
+CONFIGS = {
+    'coco/stage1': ((1, 2), (1, 1)),
+    'coco/stage4': ((4, 2), (8, 1)),
 }
-HEADS, KERNEL = 4, 7
+SHAPES = {shape.name: shape for shape in COCO_SHAPES if shape.name in CONFIGS}
 # Nsight Compute metric: column of the --counters table.
 METRICS = {
     'gpu__time_duration.sum': 'us',
@@ -49,15 +52,15 @@ TAG = 'profile_layer:'
 def run_layer(shapes: List[str], dtype: torch.dtype) -> None:
     """Forward and backward at each shape; one TAG line per shape."""
     for name in shapes:
-        batch, channels, height, width, stride, fwd, bwd = SHAPES[name]
-        head_dim = channels // HEADS
+        shape, (fwd, bwd) = SHAPES[name], CONFIGS[name]
+        head_dim, stride = shape.channels // HEADS, shape.stride
         q, k, v = torch.randn(
             3,
-            batch,
+            shape.batch,
             HEADS,
             head_dim,
-            height,
-            width,
+            shape.height,
+            shape.width,
             device='cuda',
             dtype=dtype).unbind(0)
         scale = head_dim**-0.5

@@ -494,24 +494,26 @@ run_step "check_install --ops-only (pinned 4,2)" "$install_log" 150 "" -- \
   env ACMIX_TUNING_CONFIG=4,2 "$python" -m acmix_mm.check_install --ops-only
 run_pytest "tests: fused op (pinned 4,2)" 240 1 tests/test_ops/test_triton_kernels.py
 
-# run_profile MODE: profile_layer.py --MODE (counters: ncu, memcheck:
-# compute-sanitizer) into benchmark.log.
-run_profile() {
-  if [ "$gpu" = 0 ]; then
-    record "profile_layer.py --$1" SKIPPED 0 "no CUDA GPU"
-    return 0
-  fi
-  run_step "profile_layer.py --$1" "$out_dir/benchmark.log" 120 "" -- \
-    "$python" tools/gpu_check/profile_layer.py "--$1"
+# The op benchmark, then profile_layer.py --counters (ncu) and --memcheck
+# (compute-sanitizer) into benchmark.log.
+run_op_checks() {
+  local mode
+  run_bench op 240
+  for mode in counters memcheck; do
+    if [ "$gpu" = 0 ]; then
+      record "profile_layer.py --$mode" SKIPPED 0 "no CUDA GPU"
+    else
+      run_step "profile_layer.py --$mode" "$out_dir/benchmark.log" 120 "" -- \
+        "$python" tools/gpu_check/profile_layer.py "--$mode"
+    fi
+  done
 }
 
 op_bench_done=0
 collect_build
 if ! mmcv_has any && build_running; then
-  run_bench op 240
+  run_op_checks
   op_bench_done=1
-  run_profile counters
-  run_profile memcheck
 fi
 
 mmcv_any=0
@@ -525,11 +527,7 @@ else
     record "$step" SKIPPED 0 "needs mmcv.ops, but $mmcv_note"
   done
 fi
-if [ "$op_bench_done" = 0 ]; then
-  run_bench op 240
-  run_profile counters
-  run_profile memcheck
-fi
+[ "$op_bench_done" = 1 ] || run_op_checks
 if [ "$mmcv_any" = 1 ]; then
   run_bench backbone 180
 else
