@@ -275,17 +275,18 @@ def run_local_attention(decision: Decision,
                                                scale)
 
 
-def local_attention_keys(decision: Decision, k: Tensor, pe: Tensor,
-                         stride: int) -> Tensor:
-    """The layers' keys ``k - pe`` (B, heads, D, H, W) in the layout
-    ``decision.backend`` loads fastest at ``stride``: head-contiguous where
-    the Triton kernels load them as vectors (same single pass), else as
-    ``k - pe``."""
+def local_attention_inputs(decision: Decision, k: Tensor, v: Tensor,
+                           pe: Tensor, stride: int) -> Tuple[Tensor, Tensor]:
+    """The layers' keys ``k - pe`` and values ``v`` (B, heads, D, H, W) in
+    the layout ``decision.backend`` loads fastest at ``stride``:
+    head-contiguous where the Triton kernels load them as vectors (keys in
+    the same single pass, values in one copy), else ``k - pe`` and ``v``
+    as they are."""
     if decision.backend == 'triton':
         from . import triton
-        if triton.loads_keys_as_vectors(k.shape[2], stride):
-            return triton.head_contiguous_keys(k, pe)
-    return k - pe
+        if triton.loads_vectors(k.shape[2], stride):
+            return triton.head_contiguous(k, pe), triton.head_contiguous(v)
+    return k - pe, v
 
 
 def run_window_attention(decision: Decision,

@@ -281,73 +281,85 @@ else:
     _backward_op = _backward
 
 
-def _head_contiguous_keys(k: Tensor, pe: Tensor) -> Tensor:
-    """``k - pe`` for k (B, heads, D, H, W) and pe broadcasting to it, laid
-    out head-contiguous (channel stride 1), in the one pass of the
-    subtraction: the slot kernels then load each key pixel's channels as
+def _head_contiguous(x: Tensor, pe: Optional[Tensor]) -> Tensor:
+    """``x - pe`` (``x`` itself where pe is None) for x (B, heads, D, H, W)
+    and pe broadcasting to it, laid out head-contiguous (channel stride 1),
+    in one pass: the slot kernels then load each pixel's channels as
     16-byte vectors."""
-    out = _head_contiguous_keys_fake(k, pe)
-    return torch.sub(k, pe, out=out)
+    out = _head_contiguous_fake(x, pe)
+    return out.copy_(x) if pe is None else torch.sub(x, pe, out=out)
 
 
-def _head_contiguous_keys_fake(k: Tensor, pe: Tensor) -> Tensor:
-    """Shape, dtype and strides of :func:`_head_contiguous_keys`."""
-    batch, heads, head_dim, height, width = k.shape
-    return k.new_empty(
+def empty_head_contiguous(x: Tensor) -> Tensor:
+    """Uninitialised (B, heads, D, H, W) like ``x``, with channel stride 1
+    (for head dims that are multiples of 8, loadable as 16-byte vectors)."""
+    batch, heads, head_dim, height, width = x.shape
+    return x.new_empty(
         (batch, heads, height, width, head_dim)).permute(0, 1, 4, 2, 3)
 
 
-def _keys_setup_context(ctx, inputs: Tuple[Tensor, Tensor], output: Tensor):
-    ctx.pe_shape = inputs[1].shape
+def _head_contiguous_fake(x: Tensor, pe: Optional[Tensor]) -> Tensor:
+    """Shape, dtype and strides of :func:`_head_contiguous`."""
+    return empty_head_contiguous(x)
 
 
-def _keys_backward(ctx, grad_keys: Tensor) -> Tuple[Tensor, Tensor]:
+def _head_contiguous_setup_context(ctx, inputs: Tuple[Tensor,
+                                                      Optional[Tensor]],
+                                   output: Tensor):
+    pe = inputs[1]
+    ctx.pe_shape = None if pe is None else pe.shape
+
+
+def _head_contiguous_backward(ctx,
+                              grad: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
     grad_pe = None
     if ctx.needs_input_grad[1]:
-        grad_pe = grad_keys.sum_to_size(ctx.pe_shape).neg()
-    return grad_keys, grad_pe
+        grad_pe = grad.sum_to_size(ctx.pe_shape).neg()
+    return grad, grad_pe
 
 
 if CUSTOM_OP_AVAILABLE:
-    _keys_op = torch.library.custom_op(
-        'acmix_mm::head_contiguous_keys',
-        _head_contiguous_keys,
+    _head_contiguous_op = torch.library.custom_op(
+        'acmix_mm::head_contiguous',
+        _head_contiguous,
         mutates_args=(),
-        schema='(Tensor k, Tensor pe) -> Tensor')
-    _keys_op.register_fake(_head_contiguous_keys_fake)
-    _keys_op.register_autograd(
-        _keys_backward, setup_context=_keys_setup_context)
+        schema='(Tensor x, Tensor? pe) -> Tensor')
+    _head_contiguous_op.register_fake(_head_contiguous_fake)
+    _head_contiguous_op.register_autograd(
+        _head_contiguous_backward,
+        setup_context=_head_contiguous_setup_context)
 else:
 
-    class _HeadContiguousKeysFunction(torch.autograd.Function):
-        """:func:`head_contiguous_keys` as a Function (torch older than
-        2.4)."""
-        forward = staticmethod(_head_contiguous_keys)
-        setup_context = staticmethod(_keys_setup_context)
-        backward = staticmethod(_keys_backward)
+    class _HeadContiguousFunction(torch.autograd.Function):
+        """:func:`head_contiguous` as a Function (torch older than 2.4)."""
+        forward = staticmethod(_head_contiguous)
+        setup_context = staticmethod(_head_contiguous_setup_context)
+        backward = staticmethod(_head_contiguous_backward)
 
-    _keys_op = _HeadContiguousKeysFunction.apply
+    _head_contiguous_op = _HeadContiguousFunction.apply
 
 
-def loads_keys_as_vectors(head_dim: int, stride: int) -> bool:
+def loads_vectors(head_dim: int, stride: int) -> bool:
     """Whether the kernels the op runs at ``head_dim`` and ``stride`` (the
-    slot design) load head-contiguous keys as vectors; the region kernels
-    gather channel-major tiles, best from channel-major keys."""
+    slot design) load head-contiguous keys and values as vectors; the
+    region kernels gather channel-major tiles, best from channel-major
+    maps."""
     from .triton_kernels import kernel_design
     return kernel_design(head_dim, stride) == 'slot'
 
 
-def head_contiguous_keys(k: Tensor, pe: Tensor) -> Tensor:
-    """The layers' keys ``k - pe`` (B, heads, D, H, W), with autograd, laid
-    out with channel stride 1 for the kernels' vector loads
-    (``torch.ops.acmix_mm.head_contiguous_keys``, opaque to
+def head_contiguous(x: Tensor, pe: Optional[Tensor] = None) -> Tensor:
+    """``x - pe`` (the layers' keys) or ``x`` (their values), with autograd,
+    as a (B, heads, D, H, W) map with channel stride 1 for the kernels'
+    vector loads (``torch.ops.acmix_mm.head_contiguous``, opaque to
     ``torch.compile``, which would not keep the layout).
 
     Args:
-        k: (B, heads, D, H, W) projected keys, any strides.
-        pe: positional term broadcasting to k, e.g. (1, 1, D, H, W).
+        x: (B, heads, D, H, W) projected keys or values, any strides.
+        pe: None, or a positional term broadcasting to x, e.g. (1, 1, D,
+            H, W).
     """
-    return _keys_op(k, pe)
+    return _head_contiguous_op(x, pe)
 
 
 def local_attention(q: Tensor,

@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .triton import empty_head_contiguous
+
 SUPPORTED_KERNEL_SIZES = (3, 5, 7)
 SUPPORTED_STRIDES = (1, 2)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -240,15 +242,25 @@ def _unmasked(pixel_valid, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _load_channel_major(ptr, channel_stride, pixel_offsets, pixel_valid,
-                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+def _load_channel_major(ptr,
+                        channel_stride,
+                        pixel_offsets,
+                        pixel_valid,
+                        HEAD_DIM: tl.constexpr,
+                        BLOCK_D: tl.constexpr,
+                        EVICT_LAST: tl.constexpr = False):
     """[BLOCK_D, N] tile of N pixels (zeros beyond HEAD_DIM / off-map)."""
     offsets, mask = _channel_major(channel_stride, pixel_offsets, pixel_valid,
                                    HEAD_DIM, BLOCK_D)
     if _unmasked(pixel_valid, HEAD_DIM, BLOCK_D):
-        tile = tl.load(ptr + offsets)
+        tile = tl.load(
+            ptr + offsets, eviction_policy='evict_last' if EVICT_LAST else '')
     else:
-        tile = tl.load(ptr + offsets, mask=mask, other=0.0)
+        tile = tl.load(
+            ptr + offsets,
+            mask=mask,
+            other=0.0,
+            eviction_policy='evict_last' if EVICT_LAST else '')
     return tile
 
 
@@ -397,25 +409,37 @@ def _forward_kernel(
 
 
 @triton.jit
-def _load_pixels(ptr, pixel_offsets, pixel_valid, channel_stride,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                 HEAD_CONTIGUOUS: tl.constexpr):
+def _load_pixels(ptr,
+                 pixel_offsets,
+                 pixel_valid,
+                 channel_stride,
+                 HEAD_DIM: tl.constexpr,
+                 BLOCK_D: tl.constexpr,
+                 HEAD_CONTIGUOUS: tl.constexpr,
+                 EVICT_LAST: tl.constexpr = False):
     """[N, BLOCK_D] tile of N pixels (zeros beyond HEAD_DIM / off-map):
     channel-major loads, or with HEAD_CONTIGUOUS (channel stride 1) one
     vector per pixel."""
     if HEAD_CONTIGUOUS:
         channels = tl.arange(0, BLOCK_D)
-        mask = pixel_valid[:, None]
-        if HEAD_DIM < BLOCK_D:
-            mask = mask & (channels < HEAD_DIM)[None, :]
-        tile = tl.load(
-            ptr + pixel_offsets[:, None] + channels[None, :],
-            mask=mask,
-            other=0.0)
+        offsets = pixel_offsets[:, None] + channels[None, :]
+        if _unmasked(pixel_valid, HEAD_DIM, BLOCK_D):
+            tile = tl.load(
+                ptr + offsets,
+                eviction_policy='evict_last' if EVICT_LAST else '')
+        else:
+            mask = (channels < HEAD_DIM)[None, :]
+            if pixel_valid is not None:
+                mask = mask & pixel_valid[:, None]
+            tile = tl.load(
+                ptr + offsets,
+                mask=mask,
+                other=0.0,
+                eviction_policy='evict_last' if EVICT_LAST else '')
     else:
         tile = tl.trans(
             _load_channel_major(ptr, channel_stride, pixel_offsets,
-                                pixel_valid, HEAD_DIM, BLOCK_D))
+                                pixel_valid, HEAD_DIM, BLOCK_D, EVICT_LAST))
     return tile
 
 
@@ -445,22 +469,47 @@ def _slot_tile_geometry(first_col, width, stride_kx, stride_vx,
 
 
 @triton.jit
-def _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height, stride_ky,
-                   stride_vy, offsets_k, offsets_v, slot_used, stride_kd,
-                   stride_vd, HEAD_DIM: tl.constexpr,
-                   KERNEL_SIZE: tl.constexpr, STRIDE: tl.constexpr,
-                   SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
-                   K_CONTIGUOUS: tl.constexpr, V_CONTIGUOUS: tl.constexpr):
-    """k and v [CHUNK_W, BLOCK_D] of key slot row ``slot_row`` (counted
+def _load_slot_row(ptr,
+                   slot_row,
+                   first_row,
+                   height,
+                   stride_y,
+                   offsets,
+                   slot_used,
+                   stride_d,
+                   HEAD_DIM: tl.constexpr,
+                   KERNEL_SIZE: tl.constexpr,
+                   STRIDE: tl.constexpr,
+                   SMALL_MAP: tl.constexpr,
+                   BLOCK_D: tl.constexpr,
+                   CONTIGUOUS: tl.constexpr,
+                   EVICT_LAST: tl.constexpr = False):
+    """[CHUNK_W, BLOCK_D] of k or v at key slot row ``slot_row`` (counted
     from the one of the program's first query row), from its reflected
-    source row; each head-contiguous (vector loads) or channel-major."""
+    source row; head-contiguous (vector loads) or channel-major."""
     pad = KERNEL_SIZE // 2
     key_y = _reflect(STRIDE * first_row - pad + slot_row, height, pad,
                      SMALL_MAP)
-    k = _load_pixels(k_ptr + key_y * stride_ky, offsets_k, slot_used,
-                     stride_kd, HEAD_DIM, BLOCK_D, K_CONTIGUOUS)
-    v = _load_pixels(v_ptr + key_y * stride_vy, offsets_v, slot_used,
-                     stride_vd, HEAD_DIM, BLOCK_D, V_CONTIGUOUS)
+    return _load_pixels(ptr + key_y * stride_y, offsets, slot_used, stride_d,
+                        HEAD_DIM, BLOCK_D, CONTIGUOUS, EVICT_LAST)
+
+
+@triton.jit
+def _load_slot_keys_values(k_ptr, v_ptr, slot_row, first_row, height,
+                           stride_ky, stride_vy, offsets_k, offsets_v,
+                           slot_used, stride_kd, stride_vd,
+                           HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+                           STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr,
+                           BLOCK_D: tl.constexpr, K_CONTIGUOUS: tl.constexpr,
+                           V_CONTIGUOUS: tl.constexpr):
+    """k and v [CHUNK_W, BLOCK_D] of key slot row ``slot_row``
+    (:func:`_load_slot_row`)."""
+    k = _load_slot_row(k_ptr, slot_row, first_row, height, stride_ky,
+                       offsets_k, slot_used, stride_kd, HEAD_DIM, KERNEL_SIZE,
+                       STRIDE, SMALL_MAP, BLOCK_D, K_CONTIGUOUS)
+    v = _load_slot_row(v_ptr, slot_row, first_row, height, stride_vy,
+                       offsets_v, slot_used, stride_vd, HEAD_DIM, KERNEL_SIZE,
+                       STRIDE, SMALL_MAP, BLOCK_D, V_CONTIGUOUS)
     return k, v
 
 
@@ -479,31 +528,26 @@ def _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE: tl.constexpr,
 
 
 @triton.jit
-def _attend_slot_row(q, k, v, bias, row_max, weight_sums, acc, scale_log2,
-                     MASKED_ROWS: tl.constexpr):
-    """One online-softmax step of queries q [N, BLOCK_D] over a row of key
-    slots k, v [CHUNK_W, BLOCK_D] with the additive mask ``bias``.
+def _slot_row_max(q, k, bias, logit_max):
+    """Elementwise maximum of ``logit_max`` [N, CHUNK_W] and the masked
+    logits (unscaled, q . k + bias) of queries q [N, BLOCK_D] against a row
+    of key slots k [CHUNK_W, BLOCK_D]: the forward's first pass, which
+    reduces over slots only once, at its end."""
+    return tl.maximum(logit_max, _matmul_add(q, tl.trans(k), bias))
 
-    Logits and row_max are unscaled (q . k); exp2 takes them times
-    scale * log2(e). Weight sums stay per slot [N, CHUNK_W] until the end.
-    MASKED_ROWS: some query has seen only masked logits so far, so its
-    new_max is a masked logit (about -1e30). The compiler contracts
-    logits * scale_log2 - new_max * scale_log2 into one FMA, which leaves
-    the rounding error of the product, about 1e22, in the exponent (2 ** 1e22
-    is inf, then inf * 0 = NaN); there the difference is taken first, exact
-    between two masked logits. Elsewhere new_max is a real logit and the
-    FMA exact enough.
-    """
+
+@triton.jit
+def _attend_slot_row(q, k, v, bias, scaled_max, weight_sums, acc, scale_log2):
+    """The forward's second pass over a row of key slots k, v [CHUNK_W,
+    BLOCK_D]: weights exp2(logit * scale_log2 - scaled_max) of queries q
+    [N, BLOCK_D] with the additive mask ``bias``, added to weight_sums
+    [N, CHUNK_W] (per slot until the end) and, times v, to acc [N,
+    BLOCK_D]. scaled_max [N] is the first pass's final maximum logit times
+    scale_log2, so nothing is rescaled; a masked logit (about -1e30)
+    weighs 0."""
     logits = _matmul_add(q, tl.trans(k), bias)
-    new_max = tl.maximum(row_max, tl.max(logits, axis=1))
-    rescale = _exp2((row_max - new_max) * scale_log2)
-    if MASKED_ROWS:
-        weights = _exp2((logits - new_max[:, None]) * scale_log2)
-    else:
-        weights = _exp2(logits * scale_log2 - (new_max * scale_log2)[:, None])
-    weight_sums = weight_sums * rescale[:, None] + weights
-    acc = _matmul_add(weights.to(v.dtype), v, acc * rescale[:, None])
-    return new_max, weight_sums, acc
+    weights = _exp2(logits * scale_log2 - scaled_max[:, None])
+    return weight_sums + weights, _matmul_add(weights.to(v.dtype), v, acc)
 
 
 @triton.jit
@@ -577,9 +621,7 @@ def _slot_forward_kernel(
         (out_row0 < out_height) & (out_col < out_width), stride_qd, HEAD_DIM,
         BLOCK_D, Q_VECTOR > 1)
     q0 = _signed(q0, scale)
-    max0 = tl.full([TILE_H * TILE_W], _MASKED_LOGIT, tl.float32)
-    sums0 = tl.zeros([TILE_H * TILE_W, CHUNK_W], tl.float32)
-    acc0 = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
+    max0 = tl.full([TILE_H * TILE_W, CHUNK_W], _MASKED_LOGIT, tl.float32)
     out_row1 = out_row0 + TILE_H
     if TILES == 2:
         q1 = _load_pixels(
@@ -589,32 +631,59 @@ def _slot_forward_kernel(
             (out_row1 < out_height) & (out_col < out_width), stride_qd,
             HEAD_DIM, BLOCK_D, Q_VECTOR > 1)
         q1 = _signed(q1, scale)
-        max1, sums1, acc1 = max0, sums0, acc0
+        max1 = max0
 
-    # A tile covers STRIDE * (TILE_H - 1) + KERNEL_SIZE slot rows.
+    # A tile covers STRIDE * (TILE_H - 1) + KERNEL_SIZE slot rows; query
+    # row r of a tile first meets a key slot row at STRIDE * r. First pass:
+    # each query's maximum logit, so that the second pass rescales nothing.
+    # Its keys stay in L2 for the second pass (evict_last); the loads then
+    # also differ, so the compiler does not merge them and hold every logit
+    # of this pass until the next (twice the registers).
     for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
                                     KERNEL_SIZE):
-        k, v = _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height,
-                              stride_ky * K_VECTOR, stride_vy * V_VECTOR,
-                              slot_offsets_k, slot_offsets_v, slot_used,
-                              stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE,
-                              STRIDE, SMALL_MAP, BLOCK_D, K_VECTOR > 1,
-                              V_VECTOR > 1)
-        # Query row r of a tile first meets a key slot row at STRIDE * r.
+        k = _load_slot_row(k_ptr, slot_row, first_row, height,
+                           stride_ky * K_VECTOR, slot_offsets_k, slot_used,
+                           stride_kd, HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP,
+                           BLOCK_D, K_VECTOR > 1, True)
         if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
-            max0, sums0, acc0 = _attend_slot_row(
-                q0, k, v,
+            max0 = _slot_row_max(
+                q0, k,
                 _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE,
-                               STRIDE, TILE_H), max0, sums0, acc0, scale_log2,
-                slot_row < STRIDE * (TILE_H - 1))
+                               STRIDE, TILE_H), max0)
         if TILES == 2:
             if slot_row >= STRIDE * TILE_H:
-                max1, sums1, acc1 = _attend_slot_row(
+                max1 = _slot_row_max(
+                    q1, k,
+                    _slot_row_bias(col_bias, slot_row - STRIDE * TILE_H,
+                                   query_row, KERNEL_SIZE, STRIDE, TILE_H),
+                    max1)
+
+    max0 = tl.max(max0, axis=1)
+    sums0 = tl.zeros([TILE_H * TILE_W, CHUNK_W], tl.float32)
+    acc0 = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
+    if TILES == 2:
+        max1 = tl.max(max1, axis=1)
+        sums1, acc1 = sums0, acc0
+    for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
+                                    KERNEL_SIZE):
+        k, v = _load_slot_keys_values(
+            k_ptr, v_ptr, slot_row, first_row, height, stride_ky * K_VECTOR,
+            stride_vy * V_VECTOR, slot_offsets_k, slot_offsets_v, slot_used,
+            stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP,
+            BLOCK_D, K_VECTOR > 1, V_VECTOR > 1)
+        if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
+            sums0, acc0 = _attend_slot_row(
+                q0, k, v,
+                _slot_row_bias(col_bias, slot_row, query_row, KERNEL_SIZE,
+                               STRIDE, TILE_H), max0 * scale_log2, sums0, acc0,
+                scale_log2)
+        if TILES == 2:
+            if slot_row >= STRIDE * TILE_H:
+                sums1, acc1 = _attend_slot_row(
                     q1, k, v,
                     _slot_row_bias(col_bias, slot_row - STRIDE * TILE_H,
                                    query_row, KERNEL_SIZE, STRIDE, TILE_H),
-                    max1, sums1, acc1, scale_log2, slot_row
-                    < STRIDE * (2 * TILE_H - 1))
+                    max1 * scale_log2, sums1, acc1, scale_log2)
 
     _store_slot_tile(out_ptr, lse_ptr, acc0, sums0, max0, out_row0, out_col,
                      batch_head, out_height, out_width, scale, stride_od,
@@ -818,12 +887,11 @@ def _slot_grad_query_kernel(
 
     for slot_row in tl.static_range(STRIDE * (TILES * TILE_H - 1) +
                                     KERNEL_SIZE):
-        k, v = _load_slot_row(k_ptr, v_ptr, slot_row, first_row, height,
-                              stride_ky * K_VECTOR, stride_vy * V_VECTOR,
-                              slot_offsets_k, slot_offsets_v, slot_used,
-                              stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE,
-                              STRIDE, SMALL_MAP, BLOCK_D, K_VECTOR > 1,
-                              V_VECTOR > 1)
+        k, v = _load_slot_keys_values(
+            k_ptr, v_ptr, slot_row, first_row, height, stride_ky * K_VECTOR,
+            stride_vy * V_VECTOR, slot_offsets_k, slot_offsets_v, slot_used,
+            stride_kd, stride_vd, HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP,
+            BLOCK_D, K_VECTOR > 1, V_VECTOR > 1)
         if slot_row < STRIDE * (TILE_H - 1) + KERNEL_SIZE:
             acc0 = _slot_row_grad_query(
                 q0, grad_out0, k, v,
@@ -935,11 +1003,13 @@ def _query_row_inputs(q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col,
                       out_height, out_width, stride_qd, stride_qy, stride_qx,
                       stride_gd, stride_gy, stride_gx, HEAD_DIM: tl.constexpr,
                       STRIDE: tl.constexpr, BLOCK_D: tl.constexpr,
-                      ON_MAP: tl.constexpr):
+                      ON_MAP: tl.constexpr, Q_CONTIGUOUS: tl.constexpr,
+                      G_CONTIGUOUS: tl.constexpr):
     """q, grad_out [CHUNK_W, BLOCK_D], lse (log2 units) and delta of the
     queries ``out_col`` of output row ``out_row``: zeros off the map, where
     a query's terms of dK and dV vanish (dO = 0, q = 0). ON_MAP: all
-    queries are on the map (no masks)."""
+    queries are on the map (no masks). Q_CONTIGUOUS, G_CONTIGUOUS: q,
+    grad_out head-contiguous (vector loads)."""
     if ON_MAP:
         valid = None
         # The row on the pointers: a scalar add, not one per element (which
@@ -956,9 +1026,9 @@ def _query_row_inputs(q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col,
         q_offsets = STRIDE * (out_row * stride_qy + out_col * stride_qx)
         g_offsets = out_row * stride_gy + out_col * stride_gx
     q = _load_pixels(q_ptr, q_offsets, valid, stride_qd, HEAD_DIM, BLOCK_D,
-                     False)
+                     Q_CONTIGUOUS)
     grad_out = _load_pixels(g_ptr, g_offsets, valid, stride_gd, HEAD_DIM,
-                            BLOCK_D, False)
+                            BLOCK_D, G_CONTIGUOUS)
     stat_offsets = out_row * out_width + out_col
     if ON_MAP:
         lse = tl.load(lse_ptr + stat_offsets)
@@ -1063,7 +1133,8 @@ def _slot_key_value_grads(
         HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
         STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
-        CHUNK_W: tl.constexpr, EDGE: tl.constexpr):
+        CHUNK_W: tl.constexpr, EDGE: tl.constexpr, Q_VECTOR: tl.constexpr,
+        G_VECTOR: tl.constexpr):
     """dK and dV of TILES (1 or 2) TILE_H x TILE_W key tiles stacked
     vertically, at column ``tile_col`` and row ``tile_row`` of such stacks,
     of map ``tl.program_id(2)``; EDGE: anywhere (masks, reflection), else
@@ -1077,14 +1148,17 @@ def _slot_key_value_grads(
     step's window mask is known at compile time (as in
     :func:`_slot_forward_kernel`, transposed), each term weighted at edge
     tiles by how many window offsets reach the key. Every key is summed by
-    one program in a fixed order: no atomics.
+    one program in a fixed order: no atomics. Q_VECTOR and G_VECTOR: as
+    the forward's K_VECTOR, for q and grad_out (the loads of the loop).
     """
     pad: tl.constexpr = KERNEL_SIZE // 2
     first_col = tile_col * TILE_W
     first_row = tile_row * (TILES * TILE_H)
     batch_head = tl.program_id(2)
-    q_ptr += _map_offset(batch_head, heads, stride_qb, stride_qh)
-    g_ptr += _map_offset(batch_head, heads, stride_gb, stride_gh)
+    q_ptr += _map_offset(batch_head, heads, stride_qb * Q_VECTOR,
+                         stride_qh * Q_VECTOR)
+    g_ptr += _map_offset(batch_head, heads, stride_gb * G_VECTOR,
+                         stride_gh * G_VECTOR)
     k_ptr += _map_offset(batch_head, heads, stride_kb, stride_kh)
     v_ptr += _map_offset(batch_head, heads, stride_vb, stride_vh)
     dk_ptr += _map_offset(batch_head, heads, stride_dkb, stride_dkh)
@@ -1142,8 +1216,9 @@ def _slot_key_value_grads(
         out_row = first_row // STRIDE - pad // STRIDE + row
         q, grad_out, lse_log2, delta = _query_row_inputs(
             q_ptr, g_ptr, lse_ptr, delta_ptr, out_row, out_col, out_height,
-            out_width, stride_qd, stride_qy, stride_qx, stride_gd, stride_gy,
-            stride_gx, HEAD_DIM, STRIDE, BLOCK_D, not EDGE)
+            out_width, stride_qd, stride_qy * Q_VECTOR, stride_qx * Q_VECTOR,
+            stride_gd, stride_gy * G_VECTOR, stride_gx * G_VECTOR, HEAD_DIM,
+            STRIDE, BLOCK_D, not EDGE, Q_VECTOR > 1, G_VECTOR > 1)
         # The first key row of tile 0 minus the queries' input row.
         offset = reach - STRIDE * row
         if (offset + TILE_H - 1 >= -pad) & (offset <= pad):
@@ -1205,7 +1280,7 @@ def _slot_grad_key_value_kernel(
         HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
         STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
-        CHUNK_W: tl.constexpr):
+        CHUNK_W: tl.constexpr, Q_VECTOR: tl.constexpr, G_VECTOR: tl.constexpr):
     """Slot dK/dV of the interior key tiles: program (column, row, map) of
     the interior rectangle (:class:`KeyTiles`)."""
     _slot_key_value_grads(
@@ -1218,7 +1293,7 @@ def _slot_grad_key_value_kernel(
         heads, height, width, out_height, out_width, scale,
         first_inner_col + tl.program_id(0), first_inner_row + tl.program_id(1),
         HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP, BLOCK_D, TILE_H, TILE_W,
-        TILES, CHUNK_W, False)
+        TILES, CHUNK_W, False, Q_VECTOR, G_VECTOR)
 
 
 @_jit
@@ -1234,7 +1309,7 @@ def _slot_grad_key_value_edge_kernel(
         HEAD_DIM: tl.constexpr, KERNEL_SIZE: tl.constexpr,
         STRIDE: tl.constexpr, SMALL_MAP: tl.constexpr, BLOCK_D: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILES: tl.constexpr,
-        CHUNK_W: tl.constexpr):
+        CHUNK_W: tl.constexpr, Q_VECTOR: tl.constexpr, G_VECTOR: tl.constexpr):
     """Slot dK/dV of the edge key tiles: program (edge tile, 1, map), the
     tiles around the interior rectangle in :func:`_edge_tile`'s order."""
     tile_col, tile_row = _edge_tile(
@@ -1249,7 +1324,7 @@ def _slot_grad_key_value_edge_kernel(
         stride_dkx, stride_dvb, stride_dvh, stride_dvd, stride_dvy, stride_dvx,
         heads, height, width, out_height, out_width, scale, tile_col, tile_row,
         HEAD_DIM, KERNEL_SIZE, STRIDE, SMALL_MAP, BLOCK_D, TILE_H, TILE_W,
-        TILES, CHUNK_W, True)
+        TILES, CHUNK_W, True, Q_VECTOR, G_VECTOR)
 
 
 # ----------------------------------------------------------------------------
@@ -1486,6 +1561,19 @@ class KernelSpec(NamedTuple):
     tuning_configs: Callable[[int], TuningConfigs]
     # The slot dK/dV's interior (False) or edge (True) tiles (KeyTiles).
     edge_tiles: Optional[bool] = None
+    # The configs of the variant for maps smaller than the window, where
+    # they differ (where some of the others spill registers).
+    small_map_configs: Optional[Callable[[int], TuningConfigs]] = None
+    # The inputs (k, v, q, g: grad_out) its launcher always hands over
+    # head-contiguous (copied if need be), which it loads as vectors.
+    vector_inputs: str = ''
+
+    def configs(self, head_dim: int, small_map: bool) -> TuningConfigs:
+        """The (num_warps, num_stages) the autotuner tries for the variant
+        at ``head_dim``, for maps smaller than the window or not."""
+        if small_map and self.small_map_configs is not None:
+            return self.small_map_configs(head_dim)
+        return self.tuning_configs(head_dim)
 
     def launch_plan(self, shape: Tuple[int, int, int, int,
                                        int], kernel_size: int, stride: int,
@@ -1542,6 +1630,18 @@ def _region_key_configs(head_dim: int) -> TuningConfigs:
     return _region_configs(head_dim)
 
 
+def _region_small_map_query_configs(head_dim: int) -> TuningConfigs:
+    """Region dQ on maps smaller than the window: 8 warps above 64
+    channels, where 4 spill."""
+    return _configs((8, )) if head_dim > 64 else _region_configs(head_dim)
+
+
+def _region_small_map_key_configs(head_dim: int) -> TuningConfigs:
+    """Region dK/dV on maps smaller than the window: 8 warps above 16
+    channels, where 4 spill."""
+    return _configs((8, )) if head_dim > 16 else _region_configs(head_dim)
+
+
 def _slot_configs(head_dim: int) -> TuningConfigs:
     """Slot forward and dQ, 16-pixel tiles (one tensor-core tile per warp):
     1 or 2 warps up to 32 channels, where they fill the registers; 2 or 4
@@ -1549,6 +1649,14 @@ def _slot_configs(head_dim: int) -> TuningConfigs:
     if head_dim <= 32:
         return _configs((1, 2))
     return _configs((2, 4) if head_dim <= 64 else (4, 8))
+
+
+def _slot_query_configs(head_dim: int) -> TuningConfigs:
+    """Slot dQ: as :func:`_slot_configs`, but 1 warp at 17-32 channels,
+    where 2 warps spill (head-contiguous k and v)."""
+    if 16 < head_dim <= 32:
+        return _configs((1, ))
+    return _slot_configs(head_dim)
 
 
 def _slot_key_configs(head_dim: int) -> TuningConfigs:
@@ -1561,41 +1669,77 @@ def _slot_key_configs(head_dim: int) -> TuningConfigs:
     return _configs((4, 8) if head_dim <= 64 else (8, ))
 
 
+def _slot_small_map_key_configs(head_dim: int) -> TuningConfigs:
+    """Slot dK/dV on maps smaller than the window: as
+    :func:`_slot_key_configs`, but 1 warp up to 16 channels, where 2 spill
+    (edge tiles, head-contiguous q and grad_out)."""
+    if head_dim <= 16:
+        return _configs((1, ))
+    return _slot_key_configs(head_dim)
+
+
 KERNELS = {
     'forward':
     KernelSpec(_forward_kernel, query_tiling, {}, True,
                _region_forward_configs),
     'slot_forward':
-    KernelSpec(_slot_forward_kernel, slot_tiling, {
-        'Q_VECTOR': 1,
-        'K_VECTOR': 1,
-        'V_VECTOR': 1
-    }, True, _slot_configs),
+    KernelSpec(
+        _slot_forward_kernel,
+        slot_tiling, {
+            'Q_VECTOR': 1,
+            'K_VECTOR': 1,
+            'V_VECTOR': 1
+        },
+        True,
+        _slot_configs,
+        vector_inputs='kv'),
     'grad_query':
-    KernelSpec(_grad_query_kernel, query_tiling, {'COMPUTE_GRAD_Q': True},
-               True, _region_configs),
+    KernelSpec(
+        _grad_query_kernel,
+        query_tiling, {'COMPUTE_GRAD_Q': True},
+        True,
+        _region_configs,
+        small_map_configs=_region_small_map_query_configs),
     'slot_grad_query':
-    KernelSpec(_slot_grad_query_kernel, slot_tiling, {
-        'K_VECTOR': 1,
-        'V_VECTOR': 1
-    }, True, _slot_configs),
+    KernelSpec(
+        _slot_grad_query_kernel,
+        slot_tiling, {
+            'K_VECTOR': 1,
+            'V_VECTOR': 1
+        },
+        True,
+        _slot_query_configs,
+        vector_inputs='kv'),
     'grad_key_value':
-    KernelSpec(_grad_key_value_kernel, key_tiling, {}, False,
-               _region_key_configs),
+    KernelSpec(
+        _grad_key_value_kernel,
+        key_tiling, {},
+        False,
+        _region_key_configs,
+        small_map_configs=_region_small_map_key_configs),
     'slot_grad_key_value':
     KernelSpec(
         _slot_grad_key_value_kernel,
-        slot_key_tiling, {},
+        slot_key_tiling, {
+            'Q_VECTOR': 1,
+            'G_VECTOR': 1
+        },
         False,
         _slot_key_configs,
-        edge_tiles=False),
+        edge_tiles=False,
+        vector_inputs='qg'),
     'slot_grad_key_value_edge':
     KernelSpec(
         _slot_grad_key_value_edge_kernel,
-        slot_key_tiling, {},
+        slot_key_tiling, {
+            'Q_VECTOR': 1,
+            'G_VECTOR': 1
+        },
         False,
         _slot_key_configs,
-        edge_tiles=True),
+        edge_tiles=True,
+        small_map_configs=_slot_small_map_key_configs,
+        vector_inputs='qg'),
 }
 
 # 'W,S' pins the kernels to the tuning config (W, S): no autotuning, e.g. for
@@ -1632,16 +1776,16 @@ def _compilable(configs: list, *args, **kwargs) -> list:
     ]
 
 
-def _autotuned(spec: KernelSpec, head_dim: int):
-    """``spec.kernel`` autotuned over its tuning configs for ``head_dim`` on
-    GPUs, keyed by what selects its compiled variant: head dim, kernel
-    size, stride, whether the map is smaller than the window, its extra
-    constexprs, and the dtypes; the interpreter runs the kernel as is."""
+def _autotuned(spec: KernelSpec, configs: TuningConfigs):
+    """``spec.kernel`` autotuned over ``configs`` on GPUs, keyed by what
+    selects its compiled variant: head dim, kernel size, stride, whether the
+    map is smaller than the window, its extra constexprs, and the dtypes;
+    the interpreter runs the kernel as is."""
     if interpreter_active():
         return spec.kernel
     configs = [
         triton.Config({}, num_warps=warps, num_stages=stages)
-        for warps, stages in spec.tuning_configs(head_dim)
+        for warps, stages in configs
     ]
     key = ['HEAD_DIM', 'KERNEL_SIZE', 'STRIDE', 'SMALL_MAP', *spec.extra_meta]
     return triton.autotune(
@@ -1655,13 +1799,13 @@ def _autotuned(spec: KernelSpec, head_dim: int):
 _AUTOTUNED: Dict[Tuple[str, TuningConfigs], Callable] = {}
 
 
-def _autotuned_kernel(name: str, head_dim: int) -> Callable:
-    """Kernel ``name`` autotuned for ``head_dim`` (made once per set of
-    configs it tries)."""
-    spec = KERNELS[name]
-    key = (name, spec.tuning_configs(head_dim))
+def _autotuned_kernel(name: str, head_dim: int, small_map: bool) -> Callable:
+    """Kernel ``name`` autotuned for ``head_dim``, on maps smaller than the
+    window or not (made once per set of configs it tries)."""
+    configs = KERNELS[name].configs(head_dim, small_map)
+    key = (name, configs)
     if key not in _AUTOTUNED:
-        _AUTOTUNED[key] = _autotuned(spec, head_dim)
+        _AUTOTUNED[key] = _autotuned(KERNELS[name], configs)
     return _AUTOTUNED[key]
 
 
@@ -1741,7 +1885,8 @@ def _launch(name: str,
     try:
         with _device_guard(q):
             if config is None:
-                kernel = _autotuned_kernel(name, meta['HEAD_DIM'])
+                kernel = _autotuned_kernel(name, meta['HEAD_DIM'],
+                                           meta['SMALL_MAP'])
                 kernel[grid](*args, **meta)
                 best = getattr(kernel, 'best_config', None)
                 _LAST_CONFIGS[name] = best and (best.num_warps,
@@ -1924,6 +2069,17 @@ def _vector_width(tensor: Tensor) -> int:
     return width
 
 
+def _head_contiguous(x: Tensor) -> Tensor:
+    """``x`` (B, heads, D, H, W) itself if the slot kernels can load it as
+    vectors, else a head-contiguous copy: the rows they load in their loops
+    (k and v of the forward and dQ, q and grad_out of dK/dV) are fewer
+    instructions and registers as vectors, and the forward's two passes
+    over channel-major keys and values would spill."""
+    if _vector_width(x) > 1:
+        return x
+    return empty_head_contiguous(x).copy_(x)
+
+
 def _vector_loads(**tensors: Tensor) -> Tuple[dict, Tuple[int, ...]]:
     """The {NAME}_VECTOR constexprs of a slot kernel for ``tensors`` by
     name (:func:`_vector_width`: one 16-byte vector per pixel where it
@@ -1979,6 +2135,7 @@ def local_attention_forward(
     input_strides = _strides(q) + _strides(k) + _strides(v)
     extra_meta = {}
     if name == 'slot_forward':
+        k, v = _head_contiguous(k), _head_contiguous(v)
         extra_meta, input_strides = _vector_loads(q=q, k=k, v=v)
     _launch(
         name,
@@ -2055,18 +2212,20 @@ def local_attention_backward(
     delta = torch.empty_like(lse)
     # Without dQ the region kernel only writes delta: any pointer stands in.
     name, extra_meta = 'grad_query', dict(COMPUTE_GRAD_Q=need_grad_q)
+    keys, values = k, v
     key_value_strides = _strides(k) + _strides(v)
     if need_grad_q and kernels.grad_query == 'slot_grad_query':
         name = 'slot_grad_query'
-        extra_meta, key_value_strides = _vector_loads(k=k, v=v)
+        keys, values = _head_contiguous(k), _head_contiguous(v)
+        extra_meta, key_value_strides = _vector_loads(k=keys, v=values)
     tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
     _launch(
         name,
         q,
         tiling.grid(out_height, out_width, maps),
         q,
-        k,
-        v,
+        keys,
+        values,
         out,
         grad_out,
         lse,
@@ -2092,6 +2251,13 @@ def local_attention_backward(
         launches = [(name, tiles.grid(maps, False), tiles.kernel_args()),
                     (kernels.edge_grad_key_value, tiles.grid(maps, True),
                      tiles.kernel_args())]
+    queries, grads_out, extra_meta = q, grad_out, {}
+    query_strides, grad_out_strides = _strides(q), _strides(grad_out)
+    if name == 'slot_grad_key_value':
+        queries, grads_out = _head_contiguous(q), _head_contiguous(grad_out)
+        extra_meta, query_strides = _vector_loads(q=queries)
+        grad_out_meta, grad_out_strides = _vector_loads(g=grads_out)
+        extra_meta.update(grad_out_meta)
     for name, grid, tile_args in launches:
         if not math.prod(grid):
             continue
@@ -2099,23 +2265,24 @@ def local_attention_backward(
             name,
             q,
             grid,
-            q,
+            queries,
             k,
             v,
-            grad_out,
+            grads_out,
             lse,
             delta,
             grad_k,
             grad_v,
-            *_strides(q),
+            *query_strides,
             *_strides(k),
             *_strides(v),
-            *_strides(grad_out),
+            *grad_out_strides,
             *_strides(grad_k),
             *_strides(grad_v),
             *sizes,
             *tile_args,
             config=config,
             **common,
-            **tiling.as_meta())
+            **tiling.as_meta(),
+            **extra_meta)
     return grad_q, grad_k, grad_v

@@ -90,27 +90,31 @@ def test_acmix_fused_matches_reference(stride, size):
 
 @needs_triton
 @pytest.mark.parametrize('stride', [1, 2])
-def test_acmix_hands_the_slot_kernels_head_contiguous_keys(
+def test_acmix_hands_the_slot_kernels_head_contiguous_keys_and_values(
         monkeypatch, stride):
-    """With the Triton backend the layer's keys (k - pe) come laid out with
-    channel stride 1 where the kernels load them as vectors (the slot
-    design), channel-major to the region kernels."""
+    """With the Triton backend the layer's keys (k - pe) and values come
+    laid out with channel stride 1 where the kernels load them as vectors
+    (the slot design), channel-major to the region kernels."""
     from acmix_mm.ops import triton as triton_backend
     from acmix_mm.ops.triton_kernels import available_designs
-    key_strides = []
+    channel_strides = []
     run = triton_backend.local_attention
 
     def recording_strides(q, k, v, *args, **kwargs):
-        key_strides.append(k.stride())
+        channel_strides.append((q.stride(2), k.stride(2), v.stride(2)))
         return run(q, k, v, *args, **kwargs)
 
     monkeypatch.setattr(triton_backend, 'local_attention', recording_strides)
     layer = ACmix(
         8, 16, kernel_att=5, head=2, stride=stride, attn_impl='triton')
     layer.to(DEVICE)(torch.randn(1, 8, 5, 6, device=DEVICE))
-    head_contiguous = triton_backend.loads_keys_as_vectors(8, stride)
+    head_contiguous = triton_backend.loads_vectors(8, stride)
     assert head_contiguous == (stride == 1 and 'slot' in available_designs())
-    assert [strides[2] == 1 for strides in key_strides] == [head_contiguous]
+    (q_stride, k_stride, v_stride), = channel_strides
+    assert (k_stride == 1, v_stride == 1) == (head_contiguous, ) * 2
+    # q stays a slice of the projection (channel stride 3 * heads * H * W),
+    # which the folded conv path reads grouped by channel.
+    assert q_stride == 3 * 2 * 5 * 6
 
 
 @pytest.mark.parametrize('shift', [0, 2])

@@ -167,8 +167,8 @@ def break_kernel(monkeypatch, name):
     kernel = FailingKernel()
     autotuned_kernel = triton_kernels._autotuned_kernel
     monkeypatch.setattr(
-        triton_kernels, '_autotuned_kernel', lambda launched, head_dim: kernel
-        if launched == name else autotuned_kernel(launched, head_dim))
+        triton_kernels, '_autotuned_kernel', lambda launched, *variant: kernel
+        if launched == name else autotuned_kernel(launched, *variant))
     monkeypatch.delenv(triton_kernels.TUNING_CONFIG_ENV, raising=False)
     return kernel
 

@@ -316,8 +316,9 @@ def test_scale_of_any_sign(monkeypatch, design, scale):
 def test_head_contiguous_maps_load_vectors(head_dim, stride, contiguous,
                                            dtype):
     """The maps named in ``contiguous`` with channel stride 1 (as the
-    layers' keys), the others channel-major: the slot forward's and dQ's
-    vector loads of each, also with a head_dim below its block."""
+    layers' keys), the others channel-major: the slot kernels load the rows
+    of their loops (KernelSpec.vector_inputs) as vectors whatever the
+    layout, also with a head_dim below its block."""
     torch.manual_seed(15)
     batch, heads, height, width = 2, 2, 9, 19
     base = torch.randn(batch, height, width, 3, heads, head_dim)
@@ -328,9 +329,24 @@ def test_head_contiguous_maps_load_vectors(head_dim, stride, contiguous,
     vector = 16 // q.element_size()
     assert [triton_kernels._vector_width(t) for t in (q, k, v)
             ] == [vector if name in contiguous else 1 for name in 'qkv']
+    launched = {}
+    launch = triton_kernels._launch
+
+    def recording_meta(name, *args, **meta):
+        launched[name] = meta
+        return launch(name, *args, **meta)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(triton_kernels.KERNEL_DESIGN_ENV, 'slot')
+        patch.setattr(triton_kernels, '_launch', recording_meta)
         check_against_reference(q, k, v, 7, stride)
+    for name, meta in launched.items():
+        for tensor in triton_kernels.KERNELS[name].vector_inputs:
+            assert meta[f'{tensor.upper()}_VECTOR'] == vector, (name, tensor)
+    if stride == 1:  # 9 x 19 maps: edge key tiles only
+        assert set(launched) == {
+            'slot_forward', 'slot_grad_query', 'slot_grad_key_value_edge'
+        }
 
 
 def test_triton_2_runs_the_region_design(monkeypatch):

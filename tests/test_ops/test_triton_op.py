@@ -66,10 +66,11 @@ def test_opcheck(shape):
 
 
 @pytest.mark.parametrize('shape', [(2, 3, 16, 5, 7), (1, 1, 8, 1, 1)], ids=str)
-def test_head_contiguous_keys(shape):
-    """k - pe laid out with channel stride 1, exactly, with the gradients
-    of k (a channel-major slice of the projection, as in the layers) and
-    of the broadcast pe."""
+@pytest.mark.parametrize('with_pe', [True, False], ids=['keys', 'values'])
+def test_head_contiguous(shape, with_pe):
+    """k - pe (keys) or v (values) laid out with channel stride 1, exactly,
+    with the gradients of the channel-major slice of the projection (as in
+    the layers) and of the broadcast pe."""
     batch, heads, head_dim, height, width = shape
     qkv = torch.randn(
         batch,
@@ -80,25 +81,31 @@ def test_head_contiguous_keys(shape):
         width,
         device=DEVICE,
         requires_grad=True)
-    k = qkv[:, :, 1].transpose(1, 2)
+    x = qkv[:, :, 1].transpose(1, 2)
     pe = torch.randn(
         1, 1, head_dim, height, width, device=DEVICE, requires_grad=True)
-    keys = triton_backend.head_contiguous_keys(k, pe)
-    assert keys.stride()[2:] == (1, width * head_dim, head_dim)
-    torch.testing.assert_close(keys, k - pe, rtol=0, atol=0)
-    grad_keys = torch.randn(keys.shape, device=DEVICE)
-    grads = torch.autograd.grad(keys, (qkv, pe), grad_keys)
-    expected = torch.autograd.grad(k - pe, (qkv, pe), grad_keys)
-    for grad, expected_grad in zip(grads, expected):
+    if with_pe:
+        result, expected, leaves = triton_backend.head_contiguous(
+            x, pe), x - pe, (qkv, pe)
+    else:
+        result, expected, leaves = triton_backend.head_contiguous(x), x, (
+            qkv, )
+    assert result.stride()[2:] == (1, width * head_dim, head_dim)
+    torch.testing.assert_close(result, expected, rtol=0, atol=0)
+    grad_result = torch.randn(result.shape, device=DEVICE)
+    grads = torch.autograd.grad(result, leaves, grad_result)
+    expected_grads = torch.autograd.grad(expected, leaves, grad_result)
+    for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad)
 
 
 @needs_custom_op
-def test_head_contiguous_keys_opcheck():
-    k = torch.randn(2, 2, 8, 4, 5, device=DEVICE, requires_grad=True)
+@pytest.mark.parametrize('with_pe', [True, False], ids=['keys', 'values'])
+def test_head_contiguous_opcheck(with_pe):
+    x = torch.randn(2, 2, 8, 4, 5, device=DEVICE, requires_grad=True)
     pe = torch.randn(1, 1, 8, 4, 5, device=DEVICE, requires_grad=True)
-    torch.library.opcheck(torch.ops.acmix_mm.head_contiguous_keys.default,
-                          (k, pe))
+    torch.library.opcheck(torch.ops.acmix_mm.head_contiguous.default,
+                          (x, pe if with_pe else None))
 
 
 @needs_custom_op

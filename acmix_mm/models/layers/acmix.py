@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from acmix_mm.ops.conv_path import (check_conv_path, fold_conv_path_weight,
                                     folded_conv_path, shift_conv_path)
 from acmix_mm.ops.dispatch import (LOCAL_ATTENTION, check_attn_impl,
-                                   choose_backend, local_attention_keys,
+                                   choose_backend, local_attention_inputs,
                                    run_local_attention)
 from .init import reset_acmix_parameters
 
@@ -129,9 +129,10 @@ class ACmix(BaseModule):
             self.head_dim, self.kernel_att, self.stride,
             torch.is_grad_enabled()
             and (qkv.requires_grad or position.requires_grad))
-        keys = local_attention_keys(decision, k, position, self.stride)
-        out_att = run_local_attention(decision, q, keys, v, self.kernel_att,
-                                      self.stride,
+        keys, values = local_attention_inputs(decision, k, v, position,
+                                              self.stride)
+        out_att = run_local_attention(decision, q, keys, values,
+                                      self.kernel_att, self.stride,
                                       self.head_dim**-0.5).flatten(1, 2)
         if self.conv_path == 'folded':
             weight = fold_conv_path_weight(self.fc.weight,
