@@ -93,9 +93,30 @@ def test_small_map_variant_compiles_for_sm90(tmp_path):
                              '--small-maps', '1')
     kernels = pytest.importorskip('acmix_mm.ops.triton_kernels').KERNELS
     assert len(report['variants']) == sum(
-        len(spec.tuning_configs(8)) for spec in kernels.values())
+        len(spec.configs(8, True)) for spec in kernels.values())
     assert all(row['error'] is None and row['tensor_cores']
                for row in report['variants'])
+
+
+@needs_nvidia_triton
+@pytest.mark.slow
+def test_small_map_region_gradients_tune_over_configs_that_do_not_spill(
+        tmp_path):
+    """On maps smaller than the window the region dK/dV at 32 channels
+    spills with 4 warps: its variant for them tunes over 8 only."""
+    kernels = pytest.importorskip('acmix_mm.ops.triton_kernels').KERNELS
+    configs = kernels['grad_key_value'].configs(32, True)
+    assert {warps for warps, _ in configs} == {8}
+    assert {
+        warps
+        for warps, _ in kernels['grad_key_value'].configs(32, False)
+    } == {4, 8}
+    report = compile_kernels(tmp_path, '--dtypes', 'bfloat16', '--head-dims',
+                             '32', '--strides', '1', '--small-maps', '1',
+                             '--kernels', 'grad_key_value')
+    assert [(row['num_warps'], row['num_stages'])
+            for row in report['variants']] == list(configs)
+    assert not [row for row in report['variants'] if row['stack_bytes']]
 
 
 @needs_nvidia_triton

@@ -288,7 +288,7 @@ def test_help_documents_the_options():
     assert result.returncode == 0, result.stderr
     for option in ('--arch', '--dtypes', '--head-dims', '--strides',
                    '--kernels', '--tuning-configs', '--shapes', '--jobs',
-                   '--head-contiguous-keys', '--json', '--measured'):
+                   '--json', '--measured'):
         assert option in result.stdout
 
 
@@ -360,27 +360,3 @@ def test_one_variant_end_to_end(kernel_cost, tmp_path):
     assert unmatched['shape'] is None
     assert unmatched['loop_instructions'] > 0
     assert unmatched['modelled_us'] is None
-
-
-@pytest.mark.skipif(
-    not installed_triton_ships_cuobjdump(),
-    reason='the installed Triton has no NVIDIA backend or no cuobjdump')
-@pytest.mark.slow
-def test_head_contiguous_keys_cut_the_slot_forward(tmp_path):
-    """The layers' head-contiguous keys: vector loads, fewer instructions
-    per useful logit than channel-major keys (coco/stage1, sm_90)."""
-    records = {}
-    for layout in ('channel-major', 'head-contiguous'):
-        report = tmp_path / f'{layout}.json'
-        result = run_tool(
-            '--kernels', 'slot_forward', '--dtypes', 'bfloat16', '--head-dims',
-            '16', '--strides', '1', '--tuning-configs', '1,1', '--shapes',
-            'coco', '--json', str(report),
-            *(['--head-contiguous-keys']
-              if layout == 'head-contiguous' else []))
-        assert result.returncode == 0, output_tail(result)
-        records[layout], = json.loads(report.read_text())
-    assert not records['channel-major']['head_contiguous_keys']
-    assert records['head-contiguous']['head_contiguous_keys']
-    assert (records['head-contiguous']['instructions_per_useful_logit']
-            < records['channel-major']['instructions_per_useful_logit'])

@@ -97,9 +97,6 @@ class Variant(NamedTuple):
     small_map: bool
     num_warps: int
     num_stages: int
-    # Keys with channel stride 1 (the layers' keys): the slot forward and
-    # dQ load them as vectors.
-    head_contiguous_keys: bool = False
 
 
 class Binary(NamedTuple):
@@ -173,25 +170,15 @@ def parse_args() -> argparse.Namespace:
         metavar='W,S',
         help='(num_warps, num_stages) to compile (default: those each '
         "kernel's autotuner tries)")
-    add_head_contiguous_keys_option(parser)
     parser.add_argument('--json', help='also write the report here')
     return parser.parse_args()
-
-
-def add_head_contiguous_keys_option(parser: argparse.ArgumentParser) -> None:
-    """``--head-contiguous-keys``: :attr:`Variant.head_contiguous_keys`."""
-    parser.add_argument(
-        '--head-contiguous-keys',
-        action='store_true',
-        help='keys with channel stride 1, as the ACmix layers give the '
-        'Triton backend: the slot forward and dQ load them as 16-byte '
-        'vectors (default: channel-major, as a plain op call)')
 
 
 def kernel_launch(variant: Variant) -> Launch:
     """The variant's kernel with the constexprs of its launcher; column
     strides specialised to 1 and pointers to 16-byte alignment; with head-
-    contiguous keys, the key strides in vector units (channel stride 1)."""
+    contiguous inputs (``KernelSpec.vector_inputs``, loaded as vectors),
+    their strides in vector units (channel stride 1)."""
     spec = KERNELS[variant.kernel]
     constexprs = dict(
         shape_meta(variant.head_dim, variant.kernel_size, variant.stride,
@@ -203,12 +190,12 @@ def kernel_launch(variant: Variant) -> Launch:
         arg for arg in spec.kernel.arg_names
         if arg.startswith('stride_') and arg.endswith('x')
     ]
-    if variant.head_contiguous_keys and 'K_VECTOR' in constexprs:
-        vector = 16 // getattr(torch, variant.dtype).itemsize
-        constexprs['K_VECTOR'] = vector
-        ones.append('stride_kd')
-        if variant.head_dim != vector:  # stride_kx: head_dim / vector
-            ones.remove('stride_kx')
+    vector = 16 // getattr(torch, variant.dtype).itemsize
+    for name in spec.vector_inputs:
+        constexprs[f'{name.upper()}_VECTOR'] = vector
+        ones.append(f'stride_{name}d')
+        if variant.head_dim != vector:  # stride_{name}x: head_dim / vector
+            ones.remove(f'stride_{name}x')
     types, aligned = {}, []
     for arg in spec.kernel.arg_names:
         if arg in constexprs:
@@ -386,12 +373,13 @@ def main() -> None:
           f'{"stack":>6}{"tensor cores":>13}')
     variants = (
         Variant(name, dtype, head_dim, kernel_size, stride, bool(small_map),
-                num_warps, num_stages, args.head_contiguous_keys)
+                num_warps, num_stages)
         for name, dtype, head_dim, kernel_size, stride, small_map in
         itertools.product(args.kernels, args.dtypes, args.head_dims,
                           args.kernel_sizes, args.strides, args.small_maps)
         for num_warps, num_stages in (
-            args.tuning_configs or KERNELS[name].tuning_configs(head_dim)))
+            args.tuning_configs
+            or KERNELS[name].configs(head_dim, bool(small_map))))
     for row in compile_in_worker(compile_fn, args.arch, variants):
         rows.append(row)
         print(format_row(row, shared_limit), flush=True)

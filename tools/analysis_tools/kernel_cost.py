@@ -53,9 +53,9 @@ import triton
 from benchmark_acmix import (COCO_SHAPES, HEADS, IMAGENET_SHAPES, KERNEL,
                              OpShape)
 from compile_kernels import (DTYPE_NAMES, SHARED_MEMORY_LIMITS, CompileFn,
-                             Variant, add_head_contiguous_keys_option,
-                             compile_in_worker, find_cuobjdump, kernel_launch,
-                             parse_tuning_config, triton_compiler)
+                             Variant, compile_in_worker, find_cuobjdump,
+                             kernel_launch, parse_tuning_config,
+                             triton_compiler)
 
 import acmix_mm.ops.triton_kernels as triton_kernels
 from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNEL_DESIGNS,
@@ -398,7 +398,6 @@ def variant_record(row: dict, arch: int, sass: Optional[str]) -> dict:
         small_map=row['small_map'],
         num_warps=row['num_warps'],
         num_stages=row['num_stages'],
-        head_contiguous_keys=row['head_contiguous_keys'],
         error=row['error'],
         registers=row.get('registers'),
         spill_bytes=row.get('stack_bytes'),
@@ -626,7 +625,6 @@ def parse_args() -> argparse.Namespace:
         action='store_true',
         help='the variant for maps with a side of at most kernel_size // 2 '
         '(no benchmark shape has one)')
-    add_head_contiguous_keys_option(parser)
     parser.add_argument(
         '--kernels',
         nargs='+',
@@ -790,12 +788,12 @@ def main() -> None:
     tasks = [
         (arch,
          Variant(kernel, dtype, head_dim, args.kernel_size, stride,
-                 args.small_map, num_warps, num_stages,
-                 args.head_contiguous_keys))
+                 args.small_map, num_warps, num_stages))
         for arch, kernel, dtype, head_dim, stride in itertools.product(
             args.arch, args.kernels, args.dtypes, args.head_dims, args.strides)
         for num_warps, num_stages in (
-            args.tuning_configs or KERNELS[kernel].tuning_configs(head_dim))
+            args.tuning_configs
+            or KERNELS[kernel].configs(head_dim, args.small_map))
     ]
     variants = analyse_variants(compile_fn, tasks, args.jobs)
     records = [
