@@ -168,8 +168,11 @@ def test_model_time_on_h100(kernel_cost, instructions, mufu, traffic_bytes,
 
 def test_matching_shapes(kernel_cost):
 
-    def names(head_dim: int, stride: int, kernel_size: int = 7) -> list:
-        variant = kernel_cost.Variant('forward', 'bfloat16', head_dim,
+    def names(head_dim: int,
+              stride: int,
+              kernel_size: int = 7,
+              kernel: str = 'forward') -> list:
+        variant = kernel_cost.Variant(kernel, 'bfloat16', head_dim,
                                       kernel_size, stride, False, 4, 1)
         return [
             shape.name for shape in kernel_cost.matching_shapes(
@@ -180,6 +183,12 @@ def test_matching_shapes(kernel_cost):
     assert names(32, 1) == ['coco/stage2', 'in224/stage2']
     assert names(16, 2) == []
     assert names(16, 1, kernel_size=5) == []
+    # A 7 x 7 map (in224/stage4) has edge key tiles only: the slot dK/dV
+    # of interior tiles is not launched there (it had a zero roofline).
+    assert names(128, 1) == ['coco/stage4', 'in224/stage4']
+    assert names(128, 1, kernel='slot_grad_key_value') == ['coco/stage4']
+    assert names(128, 1, kernel='slot_grad_key_value_edge') == \
+        ['coco/stage4', 'in224/stage4']
 
 
 def toy_record(kernel, num_warps, loop_instructions, loop_mufu):

@@ -61,7 +61,8 @@ import acmix_mm.ops.triton_kernels as triton_kernels
 from acmix_mm.ops.triton_kernels import (HEAD_DIM_MULTIPLE, KERNEL_DESIGNS,
                                          KERNELS, MAX_HEAD_DIM, MIN_HEAD_DIM,
                                          SUPPORTED_KERNEL_SIZES,
-                                         SUPPORTED_STRIDES, available_kernels)
+                                         SUPPORTED_STRIDES, LaunchPlan,
+                                         available_kernels)
 
 BENCHMARK_SHAPES = COCO_SHAPES + IMAGENET_SHAPES
 
@@ -358,17 +359,28 @@ def model_time(gpu: Gpu, thread_instructions: float,
                         terms[bound], bound)
 
 
+def shape_plan(kernel: str, shape: OpShape, kernel_size: int, stride: int,
+               dtype: str) -> LaunchPlan:
+    """How ``kernel`` covers the benchmark shape (HEADS heads)."""
+    return KERNELS[kernel].launch_plan(
+        (shape.batch, HEADS, shape.channels // HEADS, shape.height,
+         shape.width), kernel_size, stride, getattr(torch, dtype))
+
+
 def matching_shapes(variant: Variant,
                     shapes: Sequence[OpShape]) -> List[OpShape]:
     """The shapes that launch ``variant`` (benchmark shapes run the op
-    with window KERNEL)."""
+    with window KERNEL): not the slot dK/dV of interior tiles where a map
+    has none."""
 
     def launches(shape: OpShape) -> bool:
         small_map = min(shape.height, shape.width) <= variant.kernel_size // 2
         return (shape.channels // HEADS == variant.head_dim
                 and shape.stride == variant.stride
                 and variant.kernel_size == KERNEL
-                and variant.small_map == small_map)
+                and variant.small_map == small_map
+                and shape_plan(variant.kernel, shape, variant.kernel_size,
+                               variant.stride, variant.dtype).programs > 0)
 
     return [shape for shape in shapes if launches(shape)]
 
@@ -429,10 +441,8 @@ def shape_record(record: dict, shape: Optional[OpShape]) -> dict:
     if shape is None or record['error']:
         return result
     gpu = GPUS[record['arch']]
-    plan = KERNELS[record['kernel']].launch_plan(
-        (shape.batch, HEADS, shape.channels // HEADS, shape.height,
-         shape.width), record['kernel_size'], record['stride'],
-        getattr(torch, record['dtype']))
+    plan = shape_plan(record['kernel'], shape, record['kernel_size'],
+                      record['stride'], record['dtype'])
     result.update(programs=plan.programs, loop_trips=plan.loop_trips)
     traffic_bytes = None
     if record['kernel'] in KERNEL_TRAFFIC:
