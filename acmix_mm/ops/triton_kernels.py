@@ -1561,18 +1561,24 @@ class KernelSpec(NamedTuple):
     tuning_configs: Callable[[int], TuningConfigs]
     # The slot dK/dV's interior (False) or edge (True) tiles (KeyTiles).
     edge_tiles: Optional[bool] = None
-    # The configs of the variant for maps smaller than the window, where
-    # they differ (where some of the others spill registers).
+    # The configs of the variants for maps smaller than the window and of
+    # those for stride 2, where they differ (where some of the others spill
+    # registers); the first where both apply.
     small_map_configs: Optional[Callable[[int], TuningConfigs]] = None
+    stride_two_configs: Optional[Callable[[int], TuningConfigs]] = None
     # The inputs (k, v, q, g: grad_out) its launcher always hands over
     # head-contiguous (copied if need be), which it loads as vectors.
     vector_inputs: str = ''
 
-    def configs(self, head_dim: int, small_map: bool) -> TuningConfigs:
+    def configs(self, head_dim: int, stride: int,
+                small_map: bool) -> TuningConfigs:
         """The (num_warps, num_stages) the autotuner tries for the variant
-        at ``head_dim``, for maps smaller than the window or not."""
+        at ``head_dim`` and ``stride``, for maps smaller than the window or
+        not."""
         if small_map and self.small_map_configs is not None:
             return self.small_map_configs(head_dim)
+        if stride == 2 and self.stride_two_configs is not None:
+            return self.stride_two_configs(head_dim)
         return self.tuning_configs(head_dim)
 
     def launch_plan(self, shape: Tuple[int, int, int, int,
@@ -1651,6 +1657,14 @@ def _slot_configs(head_dim: int) -> TuningConfigs:
     return _configs((2, 4) if head_dim <= 64 else (4, 8))
 
 
+def _slot_stride_two_configs(head_dim: int) -> TuningConfigs:
+    """Slot forward at stride 2: as :func:`_slot_configs`, but 2 warps at
+    17-32 channels, where 1 warp spills."""
+    if 16 < head_dim <= 32:
+        return _configs((2, ))
+    return _slot_configs(head_dim)
+
+
 def _slot_query_configs(head_dim: int) -> TuningConfigs:
     """Slot dQ: as :func:`_slot_configs`, but 1 warp at 17-32 channels,
     where 2 warps spill (head-contiguous k and v)."""
@@ -1692,6 +1706,7 @@ KERNELS = {
         },
         True,
         _slot_configs,
+        stride_two_configs=_slot_stride_two_configs,
         vector_inputs='kv'),
     'grad_query':
     KernelSpec(
@@ -1799,10 +1814,12 @@ def _autotuned(spec: KernelSpec, configs: TuningConfigs):
 _AUTOTUNED: Dict[Tuple[str, TuningConfigs], Callable] = {}
 
 
-def _autotuned_kernel(name: str, head_dim: int, small_map: bool) -> Callable:
-    """Kernel ``name`` autotuned for ``head_dim``, on maps smaller than the
-    window or not (made once per set of configs it tries)."""
-    configs = KERNELS[name].configs(head_dim, small_map)
+def _autotuned_kernel(name: str, head_dim: int, stride: int,
+                      small_map: bool) -> Callable:
+    """Kernel ``name`` autotuned for ``head_dim`` and ``stride``, on maps
+    smaller than the window or not (made once per set of configs it
+    tries)."""
+    configs = KERNELS[name].configs(head_dim, stride, small_map)
     key = (name, configs)
     if key not in _AUTOTUNED:
         _AUTOTUNED[key] = _autotuned(KERNELS[name], configs)
@@ -1886,7 +1903,7 @@ def _launch(name: str,
         with _device_guard(q):
             if config is None:
                 kernel = _autotuned_kernel(name, meta['HEAD_DIM'],
-                                           meta['SMALL_MAP'])
+                                           meta['STRIDE'], meta['SMALL_MAP'])
                 kernel[grid](*args, **meta)
                 best = getattr(kernel, 'best_config', None)
                 _LAST_CONFIGS[name] = best and (best.num_warps,

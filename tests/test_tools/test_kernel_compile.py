@@ -70,10 +70,10 @@ def test_widest_head_dims_compile_for_sm90(tmp_path, dtype, head_dims):
                              '--small-maps', '0')
     variants = report['variants']
     kernels = pytest.importorskip('acmix_mm.ops.triton_kernels').KERNELS
-    # strides x each kernel's tuning configs
-    assert len(variants) == 2 * sum(
-        len(spec.tuning_configs(head_dim)) for spec in kernels.values()
-        for head_dim in head_dims)
+    assert len(variants) == sum(
+        len(spec.configs(head_dim, stride, False))
+        for spec in kernels.values() for head_dim in head_dims
+        for stride in (1, 2))
     assert {row['kernel'] for row in variants} == set(kernels)
     for row in variants:
         assert row['error'] is None
@@ -93,7 +93,7 @@ def test_small_map_variant_compiles_for_sm90(tmp_path):
                              '--small-maps', '1')
     kernels = pytest.importorskip('acmix_mm.ops.triton_kernels').KERNELS
     assert len(report['variants']) == sum(
-        len(spec.configs(8, True)) for spec in kernels.values())
+        len(spec.configs(8, 1, True)) for spec in kernels.values())
     assert all(row['error'] is None and row['tensor_cores']
                for row in report['variants'])
 
@@ -105,17 +105,37 @@ def test_small_map_region_gradients_tune_over_configs_that_do_not_spill(
     """On maps smaller than the window the region dK/dV at 32 channels
     spills with 4 warps: its variant for them tunes over 8 only."""
     kernels = pytest.importorskip('acmix_mm.ops.triton_kernels').KERNELS
-    configs = kernels['grad_key_value'].configs(32, True)
+    configs = kernels['grad_key_value'].configs(32, 1, True)
     assert {warps for warps, _ in configs} == {8}
     assert {
         warps
-        for warps, _ in kernels['grad_key_value'].configs(32, False)
+        for warps, _ in kernels['grad_key_value'].configs(32, 1, False)
     } == {4, 8}
     report = compile_kernels(tmp_path, '--dtypes', 'bfloat16', '--head-dims',
                              '32', '--strides', '1', '--small-maps', '1',
                              '--kernels', 'grad_key_value')
     assert [(row['num_warps'], row['num_stages'])
             for row in report['variants']] == list(configs)
+    assert not [row for row in report['variants'] if row['stack_bytes']]
+
+
+@needs_nvidia_triton
+@pytest.mark.slow
+def test_stride_two_slot_forward_tunes_over_configs_that_do_not_spill(
+        tmp_path):
+    """At stride 2 and 32 channels the slot forward spills with 1 warp: its
+    variant for stride 2 tunes over 2 only."""
+    slot_forward = pytest.importorskip(
+        'acmix_mm.ops.triton_kernels').KERNELS['slot_forward']
+    configs = slot_forward.configs(32, 2, False)
+    assert {warps for warps, _ in configs} == {2}
+    assert {warps for warps, _ in slot_forward.configs(32, 1, False)} == {1, 2}
+    report = compile_kernels(tmp_path, '--dtypes', 'bfloat16', 'float16',
+                             '--head-dims', '32', '--strides', '2',
+                             '--small-maps', '0', '1', '--kernels',
+                             'slot_forward')
+    assert [(row['num_warps'], row['num_stages'])
+            for row in report['variants']] == 4 * list(configs)
     assert not [row for row in report['variants'] if row['stack_bytes']]
 
 

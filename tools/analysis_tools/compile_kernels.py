@@ -379,7 +379,7 @@ def main() -> None:
                           args.kernel_sizes, args.strides, args.small_maps)
         for num_warps, num_stages in (
             args.tuning_configs
-            or KERNELS[name].configs(head_dim, bool(small_map))))
+            or KERNELS[name].configs(head_dim, stride, bool(small_map))))
     for row in compile_in_worker(compile_fn, args.arch, variants):
         rows.append(row)
         print(format_row(row, shared_limit), flush=True)

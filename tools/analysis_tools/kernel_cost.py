@@ -803,7 +803,7 @@ def main() -> None:
             args.arch, args.kernels, args.dtypes, args.head_dims, args.strides)
         for num_warps, num_stages in (
             args.tuning_configs
-            or KERNELS[kernel].configs(head_dim, args.small_map))
+            or KERNELS[kernel].configs(head_dim, stride, args.small_map))
     ]
     variants = analyse_variants(compile_fn, tasks, args.jobs)
     records = [
