@@ -2086,7 +2086,7 @@ def _vector_width(tensor: Tensor) -> int:
     return width
 
 
-def _head_contiguous(x: Tensor) -> Tensor:
+def _vector_loadable(x: Tensor) -> Tensor:
     """``x`` (B, heads, D, H, W) itself if the slot kernels can load it as
     vectors, else a head-contiguous copy: the rows they load in their loops
     (k and v of the forward and dQ, q and grad_out of dK/dV) are fewer
@@ -2152,7 +2152,7 @@ def local_attention_forward(
     input_strides = _strides(q) + _strides(k) + _strides(v)
     extra_meta = {}
     if name == 'slot_forward':
-        k, v = _head_contiguous(k), _head_contiguous(v)
+        k, v = _vector_loadable(k), _vector_loadable(v)
         extra_meta, input_strides = _vector_loads(q=q, k=k, v=v)
     _launch(
         name,
@@ -2233,7 +2233,7 @@ def local_attention_backward(
     key_value_strides = _strides(k) + _strides(v)
     if need_grad_q and kernels.grad_query == 'slot_grad_query':
         name = 'slot_grad_query'
-        keys, values = _head_contiguous(k), _head_contiguous(v)
+        keys, values = _vector_loadable(k), _vector_loadable(v)
         extra_meta, key_value_strides = _vector_loads(k=keys, v=values)
     tiling = KERNELS[name].tiling(kernel_size, stride, head_dim, q.dtype)
     _launch(
@@ -2271,7 +2271,7 @@ def local_attention_backward(
     queries, grads_out, extra_meta = q, grad_out, {}
     query_strides, grad_out_strides = _strides(q), _strides(grad_out)
     if name == 'slot_grad_key_value':
-        queries, grads_out = _head_contiguous(q), _head_contiguous(grad_out)
+        queries, grads_out = _vector_loadable(q), _vector_loadable(grad_out)
         extra_meta, query_strides = _vector_loads(q=queries)
         grad_out_meta, grad_out_strides = _vector_loads(g=grads_out)
         extra_meta.update(grad_out_meta)
